@@ -1,0 +1,3 @@
+from dr_exp.cli import main
+
+main()

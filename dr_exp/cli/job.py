@@ -1,0 +1,228 @@
+"""``dr_exp job ...``: submit, sweep, list, show, cancel, retry, recover, run-one, logs."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from dr_exp.api import SubmitResult
+from dr_exp.cli.main import Context, cli, pass_ctx
+from dr_exp.cli.output import fmt_time, print_json, print_table
+from dr_exp.errors import DrExpError
+from dr_exp.results import params_of
+from dr_exp.state import Status
+
+_priority = click.option("--priority", type=int, default=100, show_default=True,
+                         help="0-1000; higher runs first, FIFO among equals.")
+_tags = click.option("--tags", default=None, help="Comma-separated tags, e.g. baseline,seed-study.")
+_force = click.option("--force", is_flag=True, help="Submit even if an identical run is pending, running or done.")
+_attempts = click.option("--max-attempts", type=int, default=None, help="Attempts before a job is failed (default 3).")
+_timeout = click.option("--timeout", type=float, default=None, help="Seconds an attempt may run before it is failed.")
+
+
+@cli.group()
+def job() -> None:
+    """Submit and manage jobs."""
+
+
+def _report(result: SubmitResult) -> None:
+    if result.sweep_id:
+        click.echo(f"sweep {result.sweep_id}: submitted {len(result.submitted)} jobs, "
+                   f"skipped {len(result.skipped)} duplicates")
+    for rec in result.submitted:
+        click.echo(rec.id)
+    for point, existing in result.skipped:
+        click.echo(f"skipped {point or '(no overrides)'}: same config as job {existing} (use --force to submit anyway)", err=True)
+
+
+@job.command()
+@click.option("--config-path", required=True, help="Directory of job configs, e.g. exp_configs.")
+@click.option("--config-name", required=True, help="Config name in that directory (without .yaml).")
+@click.option("--overrides", default=None, help='Hydra overrides, e.g. "optimizer.lr=0.01 seed=1".')
+@_priority
+@_tags
+@_force
+@_attempts
+@_timeout
+@pass_ctx
+def submit(c: Context, config_path: str, config_name: str, overrides: str | None, priority: int,
+           tags: str | None, force: bool, max_attempts: int | None, timeout: float | None) -> None:
+    """Compose a config with Hydra and queue it; prints the job id."""
+    _report(c.exp.submit(config_path, config_name, overrides, priority=priority, tags=tags, force=force,
+                         max_attempts=max_attempts, timeout=timeout))
+
+
+@job.command()
+@click.option("--config", "config", required=True, help="Job config file, e.g. exp_configs/noop.yaml.")
+@click.option("--params", required=True, help='Sweep, as in hydra -m: "model=a,b optimizer.lr=0.1,0.01 seed=range(0,3)".')
+@click.option("--overrides", default=None, help="Fixed overrides applied to every point.")
+@_priority
+@_tags
+@_force
+@_attempts
+@_timeout
+@pass_ctx
+def sweep(c: Context, config: str, params: str, overrides: str | None, priority: int, tags: str | None,
+          force: bool, max_attempts: int | None, timeout: float | None) -> None:
+    """Queue the cartesian product of PARAMS (every point is composed before any is written)."""
+    _report(c.exp.sweep(config, params, overrides, priority=priority, tags=tags, force=force,
+                        max_attempts=max_attempts, timeout=timeout))
+
+
+def _row(rec, verbose: bool) -> dict:
+    row = {"id": rec.id, "status": rec.status, "prio": rec.priority, "att": f"{rec.attempts}/{rec.max_attempts}",
+           "sweep": rec.sweep_id or "-", "tags": ",".join(rec.tags) or "-",
+           "params": " ".join(f"{k}={v}" for k, v in params_of(rec).items()) or "-",
+           "updated": fmt_time(rec.updated_at)}
+    if verbose:
+        sync = rec.sync or {}
+        row.update(worker=rec.worker_id or "-", host=rec.host or "-",
+                   error=(rec.error or {}).get("message") or "-", resume_from=rec.resume_from or "-",
+                   sync=_sync_text(sync))
+    return row
+
+
+def _sync_text(sync: dict) -> str:
+    if not sync:
+        return "-"
+    state = sync.get("state", "-")
+    if state == "synced":
+        return f"synced {fmt_time(sync.get('at'))} ({sync.get('objects', 0)} objects)"
+    if state == "error":
+        return f"error: {sync.get('message', '')}"
+    return state
+
+
+@job.command("list")
+@click.option("--status", default=None, help="Filter by state(s), comma-separated.")
+@click.option("--tags", default=None, help="Only jobs carrying all these tags.")
+@click.option("--sweep", "sweep_id", default=None, help="Only jobs of this sweep id (prefix ok).")
+@click.option("--verbose", "-v", is_flag=True, help="Also worker, host, error, resume point and sync state.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@pass_ctx
+def list_jobs(c: Context, status: str | None, tags: str | None, sweep_id: str | None, verbose: bool, fmt: str) -> None:
+    """List jobs in claim order."""
+    problems: list[str] = []
+    records = c.exp.list(status=status, tags=tags, sweep_id=sweep_id, problems=problems)
+    for p in problems:
+        click.echo(f"warning: {p}", err=True)
+    if fmt == "json":
+        print_json([r.to_dict() for r in records])
+        return
+    if not records:
+        click.echo("no jobs" + (" match" if status or tags or sweep_id else f" in {c.exp.store.root}"))
+        return
+    rows = [_row(r, verbose) for r in records]
+    print_table(rows, list(rows[0].keys()), max_width=200 if verbose else 48)
+
+
+@job.command()
+@click.argument("job_id")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@pass_ctx
+def show(c: Context, job_id: str, fmt: str) -> None:
+    """Show one job: state, config source, result or error, history."""
+    rec = c.exp.get(job_id)
+    if fmt == "json":
+        print_json(rec.to_dict())
+        return
+    lines = [f"job        {rec.id}", f"status     {rec.status}", f"priority   {rec.priority}",
+             f"tags       {','.join(rec.tags) or '-'}", f"config     {rec.config_path}/{rec.config_name}.yaml",
+             f"overrides  {' '.join(rec.overrides) or '-'}", f"sweep      {rec.sweep_id or '-'} {rec.sweep_params or ''}",
+             f"hash       {rec.config_hash[:16]}", f"attempts   {rec.attempts}/{rec.max_attempts} (pre-empted {rec.preemptions})",
+             f"worker     {rec.worker_id or '-'} on {rec.host or '-'}",
+             f"created    {fmt_time(rec.created_at)}   started {fmt_time(rec.started_at)}   finished {fmt_time(rec.finished_at)}",
+             f"run dir    {rec.storage_path}", f"resume     {rec.resume_from or '-'}",
+             f"sync       {_sync_text(rec.sync or {})}"]
+    if rec.result:
+        lines.append(f"metrics    {rec.result.get('metrics')}")
+    if rec.error:
+        lines.append(f"error      {rec.error.get('type')}: {rec.error.get('message')}")
+        if rec.error.get("traceback_path"):
+            lines.append(f"           details in {rec.error['traceback_path']}")
+    lines.append("history")
+    for h in rec.history:
+        lines.append(f"  {fmt_time(h['at'])}  {h['from']:>9} -> {h['to']:<9} {h.get('reason', '')}")
+    click.echo("\n".join(lines))
+
+
+@job.command()
+@click.argument("job_ids", nargs=-1, required=True)
+@pass_ctx
+def cancel(c: Context, job_ids: tuple[str, ...]) -> None:
+    """Cancel jobs: pending ones at once, running ones within seconds."""
+    for job_id in job_ids:
+        rec = c.exp.cancel(job_id)
+        click.echo(f"cancelled {rec.id}")
+
+
+@job.command()
+@click.argument("job_ids", nargs=-1)
+@click.option("--status", "status", type=click.Choice(["failed", "cancelled"]), default=None,
+              help="Retry every job in this state.")
+@pass_ctx
+def retry(c: Context, job_ids: tuple[str, ...], status: str | None) -> None:
+    """Put failed or cancelled jobs back in the queue."""
+    if not job_ids and not status:
+        raise DrExpError("give job ids or --status failed")
+    ids = list(job_ids) + ([r.id for r in c.exp.list(status=status)] if status else [])
+    for job_id in ids:
+        rec = c.exp.retry(job_id)
+        click.echo(f"retrying {rec.id}")
+    if not ids:
+        click.echo("nothing to retry")
+
+
+@job.command()
+@pass_ctx
+def recover(c: Context) -> None:
+    """Re-queue jobs whose worker stopped heartbeating (lease expired)."""
+    done = c.exp.recover(full_scan=True)
+    for job_id, what in done:
+        click.echo(f"{job_id}: {what}")
+    click.echo(f"recovered {len(done)} jobs")
+
+
+@job.command("run-one")
+@click.argument("job_id")
+@pass_ctx
+def run_one(c: Context, job_id: str) -> None:
+    """Run one pending job in the foreground, through the worker's code path."""
+    from dr_exp.worker import Worker, WorkerOptions
+
+    worker = Worker(c.exp, WorkerOptions(idle_timeout=0))
+    what = worker.run_one(job_id)
+    rec = c.exp.get(job_id)
+    log = f"{rec.storage_path}/logs/train.log"
+    click.echo(f"job {rec.id}: {what}; log: {log}")
+    if rec.status != Status.COMPLETED:
+        sys.exit(1)
+
+
+@job.command()
+@click.argument("job_id")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing as the log grows, until the job ends.")
+@pass_ctx
+def logs(c: Context, job_id: str, follow: bool) -> None:
+    """Print a job's train.log (the child's stdout and stderr)."""
+    rec = c.exp.get(job_id)
+    path = f"{rec.storage_path}/logs/train.log"
+    pos = 0
+    finished = False
+    while True:
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(pos)
+                chunk = fh.read()
+                pos = fh.tell()
+            if chunk:
+                click.echo(chunk.decode(errors="replace"), nl=False)
+        except FileNotFoundError:
+            if not follow:
+                raise DrExpError(f"job {rec.id} has no log yet at {path} (it is {rec.status})") from None
+        if not follow or finished:
+            return
+        time.sleep(0.5)
+        finished = c.exp.get(rec.id).status in (Status.COMPLETED, Status.FAILED, Status.CANCELLED)

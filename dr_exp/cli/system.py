@@ -1,0 +1,74 @@
+"""``dr_exp system ...``: worker and launcher."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from dr_exp.api import Experiment
+from dr_exp.cli.main import Context, cli, pass_ctx
+
+
+@cli.group()
+def system() -> None:
+    """Run workers."""
+
+
+@system.command()
+@click.option("--worker-id", default=None, help="Default: <host>-<pid>-<random>.")
+@click.option("--idle-timeout", type=float, default=60.0, show_default=True, help="Exit after the queue stays empty this long (s).")
+@click.option("--max-jobs", type=int, default=None, help="Exit after this many jobs.")
+@click.option("--max-hours", type=float, default=None, help="Stop claiming after this many hours.")
+@click.option("--gpu", default=None, help="Pin the worker to this GPU (sets CUDA_VISIBLE_DEVICES).")
+@click.option("--lease-seconds", type=float, default=None, help="Lease expiry (env DR_EXP_LEASE_SECONDS, default 60).")
+@click.option("--heartbeat-seconds", type=float, default=None, help="Lease refresh interval (env DR_EXP_HEARTBEAT_SECONDS, default 10).")
+@click.option("--preload", default="", help="Comma-separated modules the fork server imports once (e.g. torch).")
+@pass_ctx
+def worker(c: Context, worker_id: str | None, idle_timeout: float, max_jobs: int | None, max_hours: float | None,
+           gpu: str | None, lease_seconds: float | None, heartbeat_seconds: float | None, preload: str) -> None:
+    """Claim and run jobs until the queue stays empty, max jobs or max hours."""
+    from dr_exp.worker import Worker, WorkerOptions
+
+    opts = WorkerOptions(idle_timeout=idle_timeout, max_jobs=max_jobs, max_hours=max_hours, gpu=gpu,
+                         preload=tuple(m for m in preload.split(",") if m))
+    if worker_id:
+        opts.worker_id = worker_id
+    if lease_seconds is not None:
+        opts.lease_seconds = lease_seconds
+    if heartbeat_seconds is not None:
+        opts.heartbeat_seconds = heartbeat_seconds
+    sys.exit(Worker(c.exp, opts).run())
+
+
+@system.command()
+@click.option("--workers-per-gpu", type=int, default=1, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True, help="Workers on a machine without GPUs.")
+@click.option("--max-hours", type=float, default=None, help="Hand jobs back and stop after this many hours.")
+@click.option("--idle-timeout", type=float, default=60.0, show_default=True)
+@click.argument("worker_args", nargs=-1, type=click.UNPROCESSED)
+@pass_ctx
+def launcher(c: Context, workers_per_gpu: int, workers: int, max_hours: float | None, idle_timeout: float,
+             worker_args: tuple[str, ...]) -> None:
+    """Start and supervise workers: N per visible GPU, or --workers on a CPU machine.
+
+    Arguments after `--` go to every worker (e.g. `-- --preload torch`)."""
+    from dr_exp.launcher import Launcher, LauncherOptions
+
+    opts = LauncherOptions(workers_per_gpu=workers_per_gpu, workers=workers, max_hours=max_hours,
+                           idle_timeout=idle_timeout, worker_args=list(worker_args))
+    sys.exit(Launcher(c.exp, opts).run())
+
+
+def print_allocations(exp: Experiment) -> None:
+    """SLURM allocations recorded for this experiment, if any (see `system slurm-submit`)."""
+    try:
+        from dr_exp.slurm import allocation_status
+    except ImportError:
+        return
+    rows = allocation_status(exp)
+    if rows:
+        from dr_exp.cli.output import print_table
+
+        click.echo("")
+        print_table(rows, list(rows[0].keys()))

@@ -1,0 +1,160 @@
+"""The launcher: N workers per visible GPU (or ``--workers`` on a CPU machine), kept alive.
+
+It pins each worker to its GPU with ``CUDA_VISIBLE_DEVICES``, restarts a worker that died
+(with backoff), forwards SIGTERM/SIGUSR1 to every worker (so each hands its job back with a
+checkpoint), sends them SIGUSR1 itself when its hours run out, and exits when all workers have.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from dr_exp.api import Experiment
+from dr_exp.errors import DrExpError
+
+FORWARDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+def visible_gpus(environ: dict[str, str] | None = None) -> list[str]:
+    """GPU ids this process may use: CUDA_VISIBLE_DEVICES, else SLURM's GPU variables."""
+    env = os.environ if environ is None else environ
+    for key in ("CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "GPU_DEVICE_ORDINAL"):
+        value = env.get(key)
+        if value is not None and value.strip() not in ("", "NoDevFiles"):
+            return [v.strip() for v in value.split(",") if v.strip() and v.strip() != "-1"]
+    return []
+
+
+@dataclass
+class _Slot:
+    index: int
+    gpu: str | None
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    restart_at: float = 0.0
+    done: bool = False
+
+
+@dataclass
+class LauncherOptions:
+    workers_per_gpu: int = 1
+    workers: int = 1
+    max_hours: float | None = None
+    idle_timeout: float = 60.0
+    worker_args: list[str] = field(default_factory=list)
+    max_restarts: int = 20
+
+
+class Launcher:
+    def __init__(self, exp: Experiment, options: LauncherOptions) -> None:
+        if options.workers_per_gpu < 1 or options.workers < 1:
+            raise DrExpError("--workers-per-gpu and --workers must be at least 1")
+        self.exp = exp
+        self.opts = options
+        self.signals: list[int] = []
+        self.launcher_id = f"{socket.gethostname()}-{os.getpid()}"
+        gpus = visible_gpus()
+        if gpus:
+            self.slots = [_Slot(i, gpu) for i, gpu in enumerate(g for g in gpus for _ in range(options.workers_per_gpu))]
+        else:
+            self.slots = [_Slot(i, None) for i in range(options.workers)]
+        self.log = logging.getLogger("dr_exp.launcher")
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.signals.append(signum)
+
+    def _spawn(self, slot: _Slot, hours_left: float | None) -> None:
+        env = dict(os.environ)
+        cmd = [sys.executable, "-m", "dr_exp", "--base-path", str(self.exp.store.base_path),
+               "--experiment", self.exp.name, "system", "worker",
+               "--worker-id", f"{self.launcher_id}-w{slot.index}" + (f"r{slot.restarts}" if slot.restarts else ""),
+               "--idle-timeout", str(self.opts.idle_timeout), *self.opts.worker_args]
+        if slot.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+        if hours_left is not None:
+            cmd += ["--max-hours", f"{max(hours_left, 1e-4):.6f}"]
+        slot.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        slot.started_at = time.monotonic()
+        self.log.info("started worker %d (pid %d, gpu %s)", slot.index, slot.proc.pid, slot.gpu)
+
+    def _forward(self, signum: int) -> None:
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.poll() is None:
+                try:
+                    slot.proc.send_signal(signum)
+                except ProcessLookupError:
+                    pass
+
+    def run(self) -> int:
+        self.exp.store.ensure()
+        handler = logging.FileHandler(self.exp.store.logs_dir / f"launcher-{self.launcher_id}.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.log.addHandler(handler)
+        self.log.setLevel(logging.INFO)
+        for sig in FORWARDED:
+            signal.signal(sig, self._on_signal)
+        start = time.monotonic()
+        deadline = start + self.opts.max_hours * 3600 if self.opts.max_hours else None
+        self.log.info("launcher %s: %d workers (gpus: %s)", self.launcher_id, len(self.slots),
+                      ",".join(s.gpu for s in self.slots if s.gpu is not None) or "none")
+        for slot in self.slots:
+            self._spawn(slot, self.opts.max_hours)
+        stopping = False
+        forwarded = 0
+        failures = 0
+        while True:
+            while forwarded < len(self.signals):
+                signum = self.signals[forwarded]
+                forwarded += 1
+                stopping = True
+                self.log.info("forwarding %s to workers", signal.Signals(signum).name)
+                self._forward(signum)
+            if deadline is not None and not stopping and time.monotonic() >= deadline:
+                self.log.info("max hours reached: asking workers to hand their jobs back")
+                stopping = True
+                self._forward(signal.SIGUSR1)
+            alive = 0
+            for slot in self.slots:
+                if slot.done:
+                    continue
+                if slot.proc is None:
+                    if stopping:
+                        slot.done = True
+                    elif time.monotonic() >= slot.restart_at:
+                        left = (deadline - time.monotonic()) / 3600 if deadline else None
+                        self._spawn(slot, left)
+                    alive += 1
+                    continue
+                code = slot.proc.poll()
+                if code is None:
+                    alive += 1
+                    continue
+                if code == 0 or stopping:
+                    self.log.info("worker %d exited (%s)", slot.index, code)
+                    slot.done = True
+                    continue
+                failures += 1
+                slot.restarts += 1
+                if slot.restarts > self.opts.max_restarts:
+                    self.log.error("worker %d died %d times; giving up on it", slot.index, slot.restarts)
+                    slot.done = True
+                    continue
+                ran = time.monotonic() - slot.started_at
+                backoff = 1.0 if ran > 60 else min(60.0, 2.0 ** min(slot.restarts, 6) / 2)
+                self.log.warning("worker %d died (exit %s); restarting in %.0fs", slot.index, code, backoff)
+                slot.proc = None
+                slot.restart_at = time.monotonic() + backoff
+                alive += 1
+            if alive == 0:
+                break
+            time.sleep(0.2)
+        self.log.info("launcher %s exits (%d worker deaths)", self.launcher_id, failures)
+        return 0

@@ -1,0 +1,309 @@
+"""The files of one experiment on disk, and the atomic primitives over them.
+
+Layout (``<base>/<experiment>/``)::
+
+    jobs/<id>.json      the canonical record
+    queue/<marker>      one empty file per claimable job; names sort in claim order
+    claimed/<marker>    a marker a worker has taken, until the record says ``running``
+    leases/<id>.json    heartbeat of a running job; its mtime is the heartbeat
+    locks/<id>.lock     flock for read-modify-write of one record
+    index/<hash>        config hash -> job id, for dedup
+    quarantine/         records that would not parse
+    storage/run_<id>/   run directories
+    logs/               one log per worker
+    sync/               the durable S3 sync queue
+
+Only :mod:`os.rename`, ``O_CREAT|O_EXCL`` and per-record ``flock`` are used for exclusion, all
+of which are atomic on local disks and on NFS.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from dr_exp.errors import CorruptRecord, JobNotFound, StorageError
+from dr_exp.job import JobRecord
+
+log = logging.getLogger(__name__)
+
+SUBDIRS = ("jobs", "queue", "claimed", "leases", "locks", "index", "quarantine", "storage", "logs", "sync")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_JOB_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_JOB_PREFIX_RE = re.compile(r"^[0-9a-f-]{4,36}$")
+
+
+def atomic_write(path: str | os.PathLike[str], data: str | bytes, durable: bool = True) -> None:
+    """Write ``path`` whole or not at all: temp file in the same directory, fsync, rename."""
+    path = os.fspath(path)
+    directory, name = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            if durable:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def append_line(path: str | os.PathLike[str], obj: dict[str, Any]) -> None:
+    """Append one JSON object as one whole line (a single write on an O_APPEND descriptor)."""
+    line = (json.dumps(obj, default=str, separators=(",", ":")) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read a JSONL file, skipping a torn last line and any line that is not an object."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return []
+    out = []
+    for raw in data.split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
+
+
+def validate_name(name: str, what: str = "experiment name") -> str:
+    if not _NAME_RE.match(name or "") or ".." in name:
+        raise StorageError(
+            f"invalid {what} {name!r}: use letters, digits, '.', '_' and '-' only "
+            "(no '/', no '..', not starting with '.')"
+        )
+    return name
+
+
+class ExperimentStore:
+    """Paths and atomic operations of one experiment directory."""
+
+    def __init__(self, base_path: str | os.PathLike[str], experiment: str) -> None:
+        self.base_path = Path(base_path).expanduser().absolute()
+        self.experiment = validate_name(experiment)
+        self.root = self.base_path / self.experiment
+        for sub in SUBDIRS:
+            setattr(self, f"{sub}_dir", self.root / sub)
+        self._hostname = socket.gethostname()
+
+    # -- setup ---------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.jobs_dir.is_dir()
+
+    def ensure(self) -> None:
+        """Create the experiment directory tree (idempotent)."""
+        probe = self.base_path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise StorageError(
+                f"base path {self.base_path} is not writable ({probe} denies it); "
+                "pass a writable --base-path or set DR_EXP_BASE_PATH"
+            )
+        try:
+            for sub in SUBDIRS:
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create {self.root}: {exc.strerror}; pass a writable --base-path") from exc
+
+    # -- paths -----------------------------------------------------------------------------
+    def record_path(self, job_id: str) -> Path:
+        return self.jobs_dir / f"{job_id}.json"
+
+    def run_dir(self, job_id: str) -> Path:
+        return self.storage_dir / f"run_{job_id}"
+
+    def lease_path(self, job_id: str) -> Path:
+        return self.leases_dir / f"{job_id}.json"
+
+    def lock(self, job_id: str, timeout: float = 60.0) -> FileLock:
+        return FileLock(str(self.locks_dir / f"{job_id}.lock"), timeout=timeout)
+
+    # -- job ids -----------------------------------------------------------------------------
+    def resolve_job_id(self, job_id: str) -> str:
+        """Accept a full job id or a unique prefix of one (as git does with hashes)."""
+        job_id = job_id.strip().lower()
+        if _JOB_ID_RE.match(job_id):
+            if self.record_path(job_id).exists():
+                return job_id
+            raise JobNotFound(job_id, str(self.root))
+        if not _JOB_PREFIX_RE.match(job_id):
+            raise StorageError(f"invalid job id {job_id!r}: job ids are UUIDs such as 3f2b9c1e-...; "
+                               "run `dr_exp job list` to see them")
+        matches = [n[:-5] for n in self._list(self.jobs_dir) if n.startswith(job_id) and n.endswith(".json")]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise JobNotFound(job_id, str(self.root))
+        raise StorageError(f"job id prefix {job_id!r} is ambiguous ({len(matches)} jobs); give more characters")
+
+    # -- records -------------------------------------------------------------------------------
+    def write_record(self, record: JobRecord) -> None:
+        atomic_write(self.record_path(record.id), record.to_json())
+
+    def read_record(self, job_id: str) -> JobRecord:
+        path = self.record_path(job_id)
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+        except FileNotFoundError:
+            raise JobNotFound(job_id, str(self.root)) from None
+        try:
+            return JobRecord.from_dict(json.loads(raw))
+        except (ValueError, TypeError) as exc:
+            raise CorruptRecord(str(path), str(exc)) from None
+
+    def quarantine(self, path: str | os.PathLike[str], reason: str) -> Path:
+        """Move an unreadable file aside so it never blocks a worker or a listing."""
+        path = Path(path)
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        dest = self.quarantine_dir / f"{path.name}.{time.time_ns()}"
+        try:
+            os.rename(path, dest)
+        except FileNotFoundError:
+            return dest
+        atomic_write(f"{dest}.reason", reason + "\n")
+        log.warning("quarantined %s -> %s: %s", path, dest, reason)
+        return dest
+
+    def iter_records(self, problems: list[str] | None = None) -> Iterator[JobRecord]:
+        """All readable records; corrupt ones are quarantined and described in ``problems``."""
+        for name in self._list(self.jobs_dir):
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            job_id = name[:-5]
+            try:
+                yield self.read_record(job_id)
+            except JobNotFound:
+                continue  # removed since the listing
+            except CorruptRecord as exc:
+                dest = self.quarantine(exc.path, exc.reason)
+                if problems is not None:
+                    problems.append(f"quarantined unreadable record {exc.path} ({exc.reason}) -> {dest}")
+
+    # -- queue markers -------------------------------------------------------------------------
+    def add_marker(self, record: JobRecord) -> None:
+        fd = os.open(self.queue_dir / record.marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.close(fd)
+
+    def list_markers(self) -> list[str]:
+        return sorted(n for n in self._list(self.queue_dir) if not n.startswith("."))
+
+    def take_marker(self, name: str) -> bool:
+        """Move a marker from queue/ to claimed/. Exactly one caller wins."""
+        try:
+            os.rename(self.queue_dir / name, self.claimed_dir / name)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def drop_marker(self, record: JobRecord) -> None:
+        for directory in (self.queue_dir, self.claimed_dir):
+            try:
+                os.unlink(directory / record.marker)
+            except FileNotFoundError:
+                pass
+
+    def requeue_claimed_marker(self, name: str) -> bool:
+        try:
+            os.rename(self.claimed_dir / name, self.queue_dir / name)
+            return True
+        except FileNotFoundError:
+            return False
+
+    # -- leases --------------------------------------------------------------------------------
+    def write_lease(self, job_id: str, worker_id: str, lease_seconds: float, attempt: int) -> None:
+        lease = {
+            "job_id": job_id,
+            "worker_id": worker_id,
+            "host": self._hostname,
+            "pid": os.getpid(),
+            "lease_seconds": lease_seconds,
+            "attempt": attempt,
+            "created_at": time.time(),
+        }
+        # A lease is a heartbeat, not a durable fact: losing it in a crash only makes the job
+        # look expired sooner, so it skips the fsync.
+        atomic_write(self.lease_path(job_id), json.dumps(lease), durable=False)
+
+    def read_lease(self, job_id: str) -> tuple[dict[str, Any], float] | None:
+        """The lease's content and its mtime (stamped by the file server), or None."""
+        path = self.lease_path(job_id)
+        try:
+            mtime = os.stat(path).st_mtime
+            with open(path, "rb") as fh:
+                return json.loads(fh.read()), mtime
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {}, mtime
+
+    def touch_lease(self, job_id: str) -> bool:
+        """Refresh a lease's mtime; False if the lease is gone (the job was taken away)."""
+        try:
+            os.utime(self.lease_path(job_id))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def remove_lease(self, job_id: str) -> None:
+        try:
+            os.unlink(self.lease_path(job_id))
+        except FileNotFoundError:
+            pass
+
+    def server_now(self) -> float:
+        """The file server's idea of now: the mtime of a file we just wrote.
+
+        Lease expiry compares file mtimes with this, never with this node's wall clock, so
+        nodes whose clocks disagree still agree on which leases expired.
+        """
+        probe = self.leases_dir / f".clock-{self._hostname}-{os.getpid()}"
+        with open(probe, "w") as fh:
+            fh.write("x")
+        return os.stat(probe).st_mtime
+
+    # -- dedup index ---------------------------------------------------------------------------
+    def index_lookup(self, config_hash: str) -> str | None:
+        try:
+            return (self.index_dir / config_hash).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def index_store(self, config_hash: str, job_id: str) -> None:
+        atomic_write(self.index_dir / config_hash, job_id, durable=False)
+
+    # -- helpers -------------------------------------------------------------------------------
+    @staticmethod
+    def _list(directory: Path) -> list[str]:
+        try:
+            return os.listdir(directory)
+        except FileNotFoundError:
+            return []

@@ -1,0 +1,352 @@
+"""The worker: claim a job, run it in a child process, record what happened, repeat.
+
+Each job runs in its own process, forked from a fork server that has already imported the
+heavy modules (torch, Lightning) once, so a crash, OOM kill or segfault in training never takes
+the worker down, and a job does not pay the imports again. The worker survives anything its
+child does; it heartbeats the job's lease from a thread and watches the lease to learn that a
+job was cancelled or taken away.
+
+Signals: the first SIGTERM/SIGUSR1/SIGINT asks the running job to checkpoint and hands it back
+(``pending`` with ``resume_from``); a second one stops the child at once. Handlers set flags.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dr_exp.api import (DEFAULT_HEARTBEAT_SECONDS, DEFAULT_LEASE_SECONDS, Experiment, env_float,
+                        last_checkpoint)
+from dr_exp.errors import DrExpError
+from dr_exp.job import JobRecord
+from dr_exp.logging.structured_logger import StructuredLogger
+from dr_exp.runner import child_main, outcome_path
+from dr_exp.state import Status
+from dr_exp.store import atomic_write
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class WorkerOptions:
+    worker_id: str = field(default_factory=default_worker_id)
+    idle_timeout: float = 60.0
+    max_jobs: int | None = None
+    max_hours: float | None = None
+    gpu: str | None = None
+    lease_seconds: float = field(default_factory=lambda: env_float("DR_EXP_LEASE_SECONDS", DEFAULT_LEASE_SECONDS))
+    heartbeat_seconds: float = field(default_factory=lambda: env_float("DR_EXP_HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT_SECONDS))
+    poll_seconds: float = 0.5
+    preempt_grace: float = field(default_factory=lambda: env_float("DR_EXP_PREEMPT_GRACE", 120.0))
+    kill_grace: float = 5.0
+    preload: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise DrExpError(f"heartbeat ({self.heartbeat_seconds:g}s) must be shorter than the lease "
+                             f"({self.lease_seconds:g}s); e.g. heartbeat = lease / 6")
+        if self.idle_timeout < 0:
+            raise DrExpError("--idle-timeout must be >= 0")
+        if self.max_jobs is not None and self.max_jobs < 1:
+            raise DrExpError("--max-jobs must be >= 1")
+        if self.max_hours is not None and self.max_hours <= 0:
+            raise DrExpError("--max-hours must be > 0")
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes one lease every ``interval`` s; ``lost`` is set when the lease disappears."""
+
+    def __init__(self, exp: Experiment, job_id: str, interval: float) -> None:
+        super().__init__(name=f"dr_exp-heartbeat-{job_id[:8]}", daemon=True)
+        self.exp, self.job_id, self.interval = exp, job_id, interval
+        self.lost = threading.Event()
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            if not self.exp.store.touch_lease(self.job_id):
+                self.lost.set()
+                return
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+class Worker:
+    def __init__(self, exp: Experiment, options: WorkerOptions | None = None) -> None:
+        self.exp = exp
+        self.opts = options or WorkerOptions()
+        self.opts.validate()
+        self.worker_id = self.opts.worker_id
+        self.signals = 0
+        self.jobs_done = 0
+        self._durations: list[float] = []
+        self._ctx: Any = None
+        self.log = logging.getLogger(f"dr_exp.worker.{self.worker_id}")
+
+    # -- setup ------------------------------------------------------------------------------
+    def _setup_logging(self) -> None:
+        self.exp.store.ensure()
+        path = self.exp.store.logs_dir / f"{self.worker_id}.log"
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.log.addHandler(handler)
+        self.log.setLevel(logging.INFO)
+        self.log.propagate = False
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.signals += 1
+
+    def _install_signals(self) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _context(self, rec: JobRecord) -> Any:
+        """The fork server context, started lazily so its preload can follow the first job."""
+        if self._ctx is None:
+            preload = ["dr_exp.runner", *self.opts.preload]
+            target = str(rec.config.get("_target_", ""))
+            module_name = target.rpartition(".")[0]
+            try:
+                module = importlib.import_module(module_name)
+                preload.extend(getattr(module, "__dr_exp_preload__", ()))
+                preload.append(module_name)
+            except Exception:  # the child will report the import error properly
+                pass
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(list(dict.fromkeys(preload)))
+            self._ctx = ctx
+            self.log.info("fork server preloads %s", preload)
+        return self._ctx
+
+    # -- main loop --------------------------------------------------------------------------
+    def run(self) -> int:
+        """Claim and run jobs until idle, out of jobs/hours, or signalled. Returns an exit code."""
+        self._setup_logging()
+        self._install_signals()
+        if self.opts.gpu is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(self.opts.gpu)
+        self._record_environment()
+        started = time.monotonic()
+        deadline = started + self.opts.max_hours * 3600 if self.opts.max_hours else None
+        idle_since = time.monotonic()
+        next_recover = 0.0
+        self.log.info("worker %s started (pid %d, experiment %s)", self.worker_id, os.getpid(), self.exp.store.root)
+        while not self.signals:
+            if self.opts.max_jobs is not None and self.jobs_done >= self.opts.max_jobs:
+                self.log.info("max jobs (%d) done; exiting", self.opts.max_jobs)
+                break
+            if deadline is not None and not self._time_for_another(deadline):
+                self.log.info("max hours reached (or too little left for another job); exiting")
+                break
+            now = time.monotonic()
+            if now >= next_recover:
+                for job_id, what in self.exp.recover():
+                    self.log.info("recovered %s: %s", job_id, what)
+                next_recover = now + max(1.0, self.opts.lease_seconds / 2)
+            rec = self.exp.claim(self.worker_id, self.opts.lease_seconds)
+            if rec is None:
+                if time.monotonic() - idle_since >= self.opts.idle_timeout:
+                    self.log.info("queue empty for %.0fs; exiting", self.opts.idle_timeout)
+                    break
+                time.sleep(self.opts.poll_seconds)
+                continue
+            self.execute(rec)
+            self.jobs_done += 1
+            idle_since = time.monotonic()
+        if self.signals:
+            self.log.info("stopping on signal")
+        self.log.info("worker %s exits after %d jobs", self.worker_id, self.jobs_done)
+        return 0
+
+    def _time_for_another(self, deadline: float) -> bool:
+        left = deadline - time.monotonic()
+        typical = sum(self._durations) / len(self._durations) if self._durations else 0.0
+        return left > typical
+
+    def _record_environment(self) -> None:
+        env = {k: v for k, v in os.environ.items()
+               if k.startswith(("SLURM_", "CUDA_", "DR_EXP_")) or k in ("GPU_DEVICE_ORDINAL", "HOSTNAME")}
+        info = {"worker_id": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(),
+                "started_at": time.time(), "env": env}
+        atomic_write(self.exp.store.logs_dir / f"{self.worker_id}.env.json", json.dumps(info, indent=2), durable=False)
+
+    # -- one job ----------------------------------------------------------------------------
+    def execute(self, rec: JobRecord) -> str:
+        """Run one claimed job to its end; return what was recorded."""
+        store = self.exp.store
+        run_dir = store.run_dir(rec.id)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        events = StructuredLogger(run_dir, rec.id, self.worker_id)
+        events.log_event("claimed", {"attempt": rec.attempts, "host": socket.gethostname()})
+        self.log.info("job %s attempt %d started%s", rec.id, rec.attempts,
+                      f" (resume from {rec.resume_from})" if rec.resume_from else "")
+        spec = {"job_id": rec.id, "worker_id": self.worker_id, "attempt": rec.attempts,
+                "storage_path": str(run_dir), "config": rec.config, "resume_from": rec.resume_from,
+                "worker_pid": os.getpid()}
+        out_file = outcome_path(run_dir, rec.attempts)
+        try:
+            out_file.unlink()
+        except FileNotFoundError:
+            pass
+        t0 = time.monotonic()
+        proc = self._context(rec).Process(target=child_main, args=(spec,), name=f"dr_exp-job-{rec.id[:8]}")
+        proc.start()
+        heartbeat = _Heartbeat(self.exp, rec.id, self.opts.heartbeat_seconds)
+        heartbeat.start()
+        ending = self._supervise(proc, rec, heartbeat)
+        heartbeat.stop()
+        elapsed = time.monotonic() - t0
+        self._durations.append(elapsed)
+        what = self._record(rec, ending, proc.exitcode, run_dir, out_file, events)
+        self.log.info("job %s attempt %d: %s after %.2fs", rec.id, rec.attempts, what, elapsed)
+        return what
+
+    def _supervise(self, proc: Any, rec: JobRecord, heartbeat: _Heartbeat) -> str:
+        """Wait for the child; return why it ended: exited, lost, timeout, preempted."""
+        store = self.exp.store
+        started = time.monotonic()
+        preempt_at: float | None = None
+        next_lease_check = 0.0
+        while True:
+            proc.join(0.05 if time.monotonic() - started < 1 else 0.2)
+            if proc.exitcode is not None:
+                return "preempted" if preempt_at is not None else "exited"
+            now = time.monotonic()
+            if now >= next_lease_check:
+                next_lease_check = now + 0.5
+                if heartbeat.lost.is_set() or not store.lease_path(rec.id).exists():
+                    self._stop_child(proc)
+                    return "lost"
+            if rec.timeout and now - started > rec.timeout:
+                self._stop_child(proc)
+                return "timeout"
+            if self.signals and preempt_at is None:
+                preempt_at = now
+                self.log.info("signal received: asking job %s to checkpoint", rec.id)
+                self._signal_child(proc, signal.SIGUSR1)
+            if preempt_at is not None and (self.signals >= 2 or now - preempt_at > self.opts.preempt_grace):
+                self.log.info("stopping job %s now (%s)", rec.id,
+                              "second signal" if self.signals >= 2 else "checkpoint grace expired")
+                self._stop_child(proc, grace=0.0 if self.signals >= 2 else self.opts.kill_grace)
+                return "preempted"
+
+    @staticmethod
+    def _signal_child(proc: Any, sig: int) -> None:
+        try:
+            os.kill(proc.pid, sig)
+        except (ProcessLookupError, TypeError):
+            pass
+
+    def _stop_child(self, proc: Any, grace: float | None = None) -> None:
+        grace = self.opts.kill_grace if grace is None else grace
+        self._signal_child(proc, signal.SIGTERM)
+        proc.join(grace)
+        if proc.exitcode is None:
+            self._signal_child(proc, signal.SIGKILL)
+            proc.join(10)
+
+    def _record(self, rec: JobRecord, ending: str, exitcode: int | None, run_dir: Path,
+                out_file: Path, events: StructuredLogger) -> str:
+        finish = lambda status, reason, **kw: self.exp.finish(rec.id, self.worker_id, rec.attempts, status, reason, **kw)  # noqa: E731
+        outcome = _read_json(out_file) or {}
+        if ending == "lost":
+            events.log_event("stopped", {"reason": "lease lost (cancelled or recovered elsewhere)"})
+            return "stopped: the job was cancelled or taken over"
+        if ending == "timeout":
+            msg = f"timed out after {rec.timeout:g}s"
+            _write_error(run_dir, "Timeout", msg)
+            events.log_event("failed", {"reason": "timeout", "attempt": rec.attempts})
+            finish(Status.FAILED, "timeout", error={"type": "Timeout", "reason": "timeout", "message": msg,
+                                                     "traceback_path": str(run_dir / "error.txt")})
+            return "failed: timeout"
+        if outcome.get("status") == "completed":
+            result = _read_json(run_dir / "result.json") or {}
+            events.log_event("completed", {"attempt": rec.attempts, "metrics": result.get("metrics", {})})
+            finish(Status.COMPLETED, "completed", result=result, error=None)
+            return "completed"
+        if ending == "preempted" or outcome.get("status") == "preempted":
+            ckpt = outcome.get("resume_from") or last_checkpoint(run_dir) or rec.resume_from
+            events.log_event("preempted", {"attempt": rec.attempts, "resume_from": ckpt})
+            finish(Status.PENDING, "preempted", resume_from=ckpt, preemptions=rec.preemptions + 1, worker_id=None)
+            return f"preempted (resume from {ckpt})"
+        if outcome.get("status") == "failed":
+            error = {"type": outcome.get("type"), "message": outcome.get("message")}
+        else:
+            error = {"type": "ChildCrashed", "message": _describe_exit(exitcode)}
+            _write_error(run_dir, error["type"], error["message"])
+            events.log_event("failed", {"attempt": rec.attempts, **error})
+        error.update(exitcode=exitcode, attempt=rec.attempts, traceback_path=str(run_dir / "error.txt"),
+                     log_path=str(run_dir / "logs" / "train.log"), log_tail=_tail(run_dir / "logs" / "train.log"))
+        reason = f"attempt {rec.attempts} failed: {error['type']}: {error['message']}"[:300]
+        if rec.failed_attempts < rec.max_attempts:
+            finish(Status.PENDING, reason + "; retrying", error=error, worker_id=None)
+            return f"failed ({error['type']}), retrying"
+        finish(Status.FAILED, reason, error=error)
+        return f"failed ({error['type']})"
+
+    # -- foreground ---------------------------------------------------------------------------
+    def run_one(self, job_id: str) -> str:
+        """``job run-one``: claim this one job (it must be pending) and run it here."""
+        self._setup_logging()
+        self._install_signals()
+        rec = self.exp.get(job_id)
+        if rec.status != Status.PENDING:
+            raise DrExpError(f"job {rec.id} is {rec.status}; only a pending job can be run "
+                             "(`dr_exp job retry` puts a failed or cancelled one back)")
+        if not self.exp.store.take_marker(rec.marker):
+            raise DrExpError(f"job {rec.id} was just claimed by another worker")
+        claimed = self.exp._start_claimed(rec.marker, self.worker_id, self.opts.lease_seconds)
+        if claimed is None:
+            raise DrExpError(f"job {rec.id} changed state while being claimed; see `dr_exp job show {rec.id}`")
+        return self.execute(claimed)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else None
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "child process did not exit"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+        return f"child process killed by {name}{hint}"
+    return f"child process exited with status {code} without reporting a result"
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 8192))
+            return "\n".join(fh.read().decode(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+def _write_error(run_dir: Path, type_: str, message: str) -> None:
+    atomic_write(run_dir / "error.txt", f"type: {type_}\nmessage: {message}\n\nlog tail:\n{_tail(run_dir / 'logs' / 'train.log')}\n")
