@@ -81,7 +81,7 @@ def parse_sweep(params: str | Iterable[str]) -> list[list[str]]:
 
 
 def _check_target(config: dict[str, Any], where: str) -> None:
-    from hydra.utils import get_method
+    from hydra._internal.utils import _locate  # hydra.utils.get_method also logs to stderr
 
     target = config.get("_target_")
     if not target or not isinstance(target, str):
@@ -90,7 +90,8 @@ def _check_target(config: dict[str, Any], where: str) -> None:
             "(for example dr_exp.trainers.noop.train)"
         )
     try:
-        get_method(target)
+        if not callable(_locate(target)):
+            raise TypeError(f"{target} is not callable")
     except Exception as exc:  # Hydra wraps ImportError/AttributeError in its own types
         raise ConfigError(
             f"_target_ {target!r} of {where} does not import ({_one_line(exc)}); "
