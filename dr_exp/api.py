@@ -102,6 +102,16 @@ class Experiment:
         return self._submit_composed(composed, priority, tags, force, max_attempts, timeout,
                                      sweep_id=uuid.uuid4().hex[:12])
 
+    def submit_configs(self, configs: list[dict[str, Any]], priority: int = DEFAULT_PRIORITY,
+                       tags: str | Iterable[str] | None = None, force: bool = False,
+                       max_attempts: int | None = None, timeout: float | None = None) -> SubmitResult:
+        """Queue already-composed configs (plain dicts with ``_target_``), e.g. built in Python."""
+        composed = []
+        for config in configs:
+            _compose.check_target(config, "config")
+            composed.append(_compose.ComposedConfig("", "", [], dict(config), {}))
+        return self._submit_composed(composed, priority, tags, force, max_attempts, timeout, sweep_id=None)
+
     def _submit_composed(self, composed: list[_compose.ComposedConfig], priority: int,
                          tags: str | Iterable[str] | None, force: bool, max_attempts: int | None,
                          timeout: float | None, sweep_id: str | None) -> SubmitResult:

@@ -80,7 +80,7 @@ def parse_sweep(params: str | Iterable[str]) -> list[list[str]]:
     return batches[0] if batches else [[]]
 
 
-def _check_target(config: dict[str, Any], where: str) -> None:
+def check_target(config: dict[str, Any], where: str) -> None:
     from hydra._internal.utils import _locate  # hydra.utils.get_method also logs to stderr
 
     target = config.get("_target_")
@@ -134,7 +134,7 @@ def compose_many(config_path: str | os.PathLike[str], config_name: str,
                 except (HydraException, OmegaConfBaseException, ValueError) as exc:
                     raise ConfigError(f"{where}: {_one_line(exc)}") from None
                 assert isinstance(config, dict)
-                _check_target(config, where)
+                check_target(config, where)
                 params = {}
                 for item in overrides:
                     key, _, value = item.partition("=")

@@ -122,6 +122,9 @@ class ExperimentStore:
         probe = self.base_path
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
+        if not probe.is_dir():
+            raise StorageError(f"base path {self.base_path} is not usable: {probe} is not a directory; "
+                               "pass a directory with --base-path or DR_EXP_BASE_PATH")
         if not os.access(probe, os.W_OK | os.X_OK):
             raise StorageError(
                 f"base path {self.base_path} is not writable ({probe} denies it); "
@@ -131,7 +134,8 @@ class ExperimentStore:
             for sub in SUBDIRS:
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StorageError(f"cannot create {self.root}: {exc.strerror}; pass a writable --base-path") from exc
+            raise StorageError(f"base path {self.base_path} is not writable: cannot create {self.root} "
+                               f"({exc.strerror}); pass a writable --base-path") from None
 
     # -- paths -----------------------------------------------------------------------------
     def record_path(self, job_id: str) -> Path:
