@@ -281,14 +281,14 @@ class Experiment:
         except FileNotFoundError:
             return None
 
-    def finish(self, job_id: str, worker_id: str, attempt: int, status: Status | str, reason: str = "",
+    def finish(self, job_id: str, owner: str, attempt: int, status: Status | str, reason: str = "",
                **fields: Any) -> JobRecord | None:
         """Record the end of an attempt, if this worker still owns it (else None: the job was
         cancelled or recovered meanwhile and the outcome is dropped)."""
         store = self.store
         with store.lock(job_id):
             rec = store.read_record(job_id)
-            if rec.status != Status.RUNNING or rec.worker_id != worker_id or rec.attempts != attempt:
+            if rec.status != Status.RUNNING or rec.worker_id != owner or rec.attempts != attempt:
                 return None
             status = Status(status)
             if status != Status.PENDING:

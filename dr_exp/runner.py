@@ -73,6 +73,7 @@ def run_job(spec: dict[str, Any]) -> int:
     a child it becomes the exit code.
     """
     import hydra.utils
+    from hydra.errors import InstantiationException
 
     run_dir = Path(spec["storage_path"])
     attempt = int(spec["attempt"])
@@ -92,8 +93,12 @@ def run_job(spec: dict[str, Any]) -> int:
     out = outcome_path(run_dir, attempt)
     t0 = time.time() - 1.0  # mtime granularity
     try:
-        result = hydra.utils.call(config, job_id=spec["job_id"], worker_id=spec["worker_id"],
-                                  storage_path=str(run_dir), _recursive_=False)
+        try:
+            result = hydra.utils.call(config, job_id=spec["job_id"], worker_id=spec["worker_id"],
+                                      storage_path=str(run_dir), _recursive_=False)
+        except InstantiationException as exc:
+            # Hydra wraps what the trainer raised; report the trainer's own exception.
+            raise (exc.__cause__ or exc) from None
     except preemption.Preempted as exc:
         logger.log_event("checkpoint", {"path": exc.resume_from, "reason": "preempted"})
         atomic_write(out, json.dumps({"status": "preempted", "resume_from": exc.resume_from}))

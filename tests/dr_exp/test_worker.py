@@ -1,0 +1,142 @@
+"""Workers with real processes and real signals: crashes, kill -9, pre-emption, cancel, timeout,
+retry, the launcher. Every wait has a deadline so a hang fails instead of stalling CI."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from dr_exp.api import Experiment
+from dr_exp.store import read_jsonl
+from tests.conftest import EXP_CONFIGS, run_cli, spawn_cli, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+FAST_LEASE = ("--lease-seconds", "2", "--heartbeat-seconds", "0.5")
+
+
+def submit(exp, overrides, **kw):
+    return exp.submit(str(EXP_CONFIGS), "noop", overrides, **kw).submitted[0].id
+
+
+def worker(base, *args):
+    return spawn_cli("system", "worker", *FAST_LEASE, *args, base=base)
+
+
+def finish(proc, timeout=60):
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def test_kill_9_worker_job_goes_back_and_completes_with_attempt_2(base, exp):
+    job = submit(exp, "duration=3 steps=30")
+    a = worker(base, "--idle-timeout", "0.5")
+    wait_for(lambda: exp.get(job).status == "running", 30, what="job running")
+    time.sleep(0.5)
+    a.send_signal(signal.SIGKILL)
+    a.wait(10)
+    b = worker(base, "--idle-timeout", "8")
+    code, out = finish(b)
+    rec = exp.get(job)
+    assert code == 0, out
+    assert rec.status == "completed" and rec.attempts == 2, rec.history
+    assert any("lease expired" in h.get("reason", "") for h in rec.history)
+    assert [e["event"] for e in read_jsonl(exp.store.run_dir(job) / "events.jsonl")].count("completed") == 1
+
+
+def test_sigusr1_preempts_and_next_worker_resumes(base, exp):
+    job = submit(exp, "duration=4 steps=40")
+    a = worker(base, "--idle-timeout", "0.5")
+    wait_for(lambda: exp.get(job).status == "running", 30, what="job running")
+    time.sleep(1.5)
+    a.send_signal(signal.SIGUSR1)
+    code, out = finish(a, 20)
+    assert code == 0, out
+    rec = exp.get(job)
+    assert rec.status == "pending" and rec.resume_from and rec.preemptions == 1, rec.history
+    saved = json.loads(open(rec.resume_from).read())["step"]
+    assert 0 < saved < 40
+    code, out = finish(worker(base, "--idle-timeout", "0.5"))
+    rec = exp.get(job)
+    assert rec.status == "completed", out
+    assert rec.result["metrics"]["start_step"] == saved and rec.result["metrics"]["steps_done"] == 40
+    events = [e["event"] for e in read_jsonl(exp.store.run_dir(job) / "events.jsonl")]
+    assert "preempted" in events and "resumed" in events
+
+
+def test_child_crashes_fail_the_job_and_worker_goes_on(base, exp):
+    seg = submit(exp, "fail_on_attempt=1 fail_mode=segfault", max_attempts=1)
+    exc = submit(exp, "fail_on_attempt=1 fail_mode=raise", max_attempts=1)
+    ex3 = submit(exp, "fail_on_attempt=1 fail_mode=exit", max_attempts=1)
+    fine = submit(exp, "+ok=1")
+    code, out = finish(worker(base, "--idle-timeout", "0.5"))
+    assert code == 0, out
+    assert "SIGSEGV" in exp.get(seg).error["message"]
+    assert exp.get(exc).error["type"] == "RuntimeError" and "attempt 1" in exp.get(exc).error["message"]
+    assert "sys.exit(3)" in exp.get(ex3).error["message"]
+    for j in (seg, exc, ex3):
+        rec = exp.get(j)
+        assert rec.status == "failed"
+        assert os.path.exists(rec.error["traceback_path"])
+    assert exp.get(fine).status == "completed"
+    shown = run_cli("job", "show", exc, base=base).stdout
+    assert "RuntimeError: noop trainer told to fail on attempt 1" in shown
+
+
+def test_failed_attempt_is_retried(base, exp):
+    job = submit(exp, "fail_on_attempt=1")
+    code, out = finish(worker(base, "--idle-timeout", "0.5"))
+    rec = exp.get(job)
+    assert rec.status == "completed" and rec.attempts == 2, out
+
+
+def test_cancel_running_job_stops_it_within_seconds(base, exp):
+    job = submit(exp, "duration=60")
+    w = worker(base, "--idle-timeout", "0.2")
+    wait_for(lambda: exp.get(job).status == "running", 30, what="job running")
+    t0 = time.monotonic()
+    assert run_cli("job", "cancel", job, base=base).returncode == 0
+    code, out = finish(w, 30)
+    assert time.monotonic() - t0 < 10, "cancel took too long"
+    assert exp.get(job).status == "cancelled"
+
+
+def test_timeout_fails_job_with_reason(base, exp):
+    job = submit(exp, "duration=60", timeout=1.0)
+    t0 = time.monotonic()
+    code, out = finish(worker(base, "--idle-timeout", "0.2"))
+    rec = exp.get(job)
+    assert rec.status == "failed" and rec.error["reason"] == "timeout", rec.error
+    assert time.monotonic() - t0 < 15
+
+
+def test_worker_options_validated(base):
+    proc = run_cli("system", "worker", "--lease-seconds", "1", "--heartbeat-seconds", "5", base=base)
+    assert proc.returncode == 2 and "heartbeat" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.timeout(180)
+def test_launcher_drains_sweep_and_restarts_killed_worker(base):
+    exp = Experiment(base, "exp")
+    res = exp.sweep(str(EXP_CONFIGS / "noop.yaml"), "+x=range(0,20)", overrides="duration=0.4")
+    assert len(res.submitted) == 20
+    launcher = spawn_cli("system", "launcher", "--workers", "2", "--idle-timeout", "3", base=base,
+                         DR_EXP_LEASE_SECONDS="2", DR_EXP_HEARTBEAT_SECONDS="0.5")
+    env_files = wait_for(lambda: sorted(exp.store.logs_dir.glob("*-w0.env.json")), 30, what="worker 0 started")
+    wait_for(lambda: len(exp.list(status="completed")) >= 2, 60, what="progress")
+    victim = json.loads(env_files[0].read_text())["pid"]
+    os.kill(victim, signal.SIGKILL)
+    code, out = finish(launcher, 120)
+    assert code == 0, out
+    launcher_log = next(exp.store.logs_dir.glob("launcher-*.log")).read_text()
+    assert "restarting" in launcher_log
+    assert list(exp.store.logs_dir.glob("*-w0r1.env.json")), "killed worker was not restarted"
+    records = exp.list()
+    assert len(records) == 20 and all(r.status == "completed" for r in records)
+    for r in records:
+        done = [e for e in read_jsonl(exp.store.run_dir(r.id) / "events.jsonl") if e["event"] == "completed"]
+        assert len(done) == 1
+    rows = json.loads(run_cli("results", "--format", "json", "--sweep", res.sweep_id, base=base).stdout)
+    assert len(rows) == 20
+    assert sorted(r["x"] for r in rows) == list(range(20)) and all(0 <= r["score"] < 1 for r in rows)
