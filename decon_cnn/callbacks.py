@@ -70,25 +70,29 @@ class DrExpMetricsCallback(pl.Callback):
             self.logger.log_event("train_end", {"epoch": trainer.current_epoch, "step": trainer.global_step, **self.extra})
 
 
+class TrainingPreempted(Exception):
+    """Raised out of ``trainer.fit`` by :class:`PreemptionCallback` after a mid-epoch save, so
+    Lightning does not count the unfinished epoch as done."""
+
+
 class PreemptionCallback(pl.Callback):
     """Polls ``should_stop`` after every batch and epoch; when it turns true, saves a checkpoint
-    to ``checkpoint_path`` and stops training. At an epoch boundary the checkpoint resumes
-    exactly; mid-epoch it resumes with Lightning's mid-epoch semantics."""
+    to ``checkpoint_path`` and stops training. At an epoch end it stops cleanly; mid-epoch it
+    raises :class:`TrainingPreempted` after saving, and the resumed run finishes that epoch."""
 
     def __init__(self, should_stop: Callable[[], bool], checkpoint_path: str) -> None:
         self.should_stop = should_stop
         self.checkpoint_path = checkpoint_path
         self.preempted = False
 
-    def _maybe_stop(self, trainer: pl.Trainer) -> None:
-        if self.preempted or not self.should_stop():
-            return
-        trainer.save_checkpoint(self.checkpoint_path)
-        trainer.should_stop = True
-        self.preempted = True
-
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        self._maybe_stop(trainer)
+        if not self.preempted and self.should_stop():
+            trainer.save_checkpoint(self.checkpoint_path)
+            self.preempted = True
+            raise TrainingPreempted(self.checkpoint_path)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._maybe_stop(trainer)
+        if not self.preempted and self.should_stop():
+            trainer.save_checkpoint(self.checkpoint_path)
+            trainer.should_stop = True
+            self.preempted = True

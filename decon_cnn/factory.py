@@ -89,7 +89,7 @@ def create_data_module(cfg: DictConfig) -> Any:
                                    val_transform=build_transforms(tf, False, s.image_size, from_pil=False))
     if dataset in ("cifar10", "cifar100"):
         return CIFARDataModule(dataset, cfg.paths.data_dir, batch_size=data.batch_size,
-                               num_workers=data.num_workers, download=bool(data.get("download", False)),
+                               num_workers=data.num_workers, download=bool(data.get("download", False)), seed=cfg.seed,
                                train_transform=build_transforms(tf, True, 32, from_pil=True),
                                val_transform=build_transforms(tf, False, 32, from_pil=True))
     raise DeconError(f"unknown data.dataset {dataset!r}; use cifar10, cifar100 or synthetic")

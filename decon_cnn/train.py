@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from decon_cnn.callbacks import DrExpMetricsCallback, PreemptionCallback
+from decon_cnn.callbacks import DrExpMetricsCallback, PreemptionCallback, TrainingPreempted
 from decon_cnn.errors import DeconError
 from decon_cnn.factory import create_training_components
 from decon_cnn.protocols import StructuredLoggerProtocol
@@ -92,7 +92,10 @@ def train(cfg: DictConfig | dict[str, Any], logger: StructuredLoggerProtocol | N
                          default_root_dir=str(checkpoint_dir or Path.cwd()), **trainer_kwargs)
     if resume_from and not Path(resume_from).is_file():
         raise DeconError(f"resume_from={resume_from} does not exist; drop it to start from scratch")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from or None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from or None)
+    except TrainingPreempted:
+        pass  # the checkpoint is saved; the caller hands the run back
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
     return {
         "metrics": metrics,

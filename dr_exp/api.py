@@ -393,13 +393,16 @@ class Experiment:
 
 
 def last_checkpoint(run_dir: str | os.PathLike[str]) -> str | None:
-    """``checkpoints/last.ckpt`` if present, else the newest file in ``checkpoints/``."""
+    """``checkpoints/last.ckpt`` if present, else the newest ``last.ckpt`` below ``checkpoints/``
+    (multi-stage runs keep one folder per stage), else the newest checkpoint file there."""
     ckpt_dir = Path(run_dir) / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     if last.is_file():
         return str(last)
-    try:
-        files = [p for p in ckpt_dir.iterdir() if p.is_file() and not p.name.startswith(".")]
-    except FileNotFoundError:
+    if not ckpt_dir.is_dir():
         return None
-    return str(max(files, key=lambda p: p.stat().st_mtime)) if files else None
+    for pattern in ("**/last.ckpt", "**/*"):
+        files = [p for p in ckpt_dir.glob(pattern) if p.is_file() and not p.name.startswith(".")]
+        if files:
+            return str(max(files, key=lambda p: p.stat().st_mtime))
+    return None

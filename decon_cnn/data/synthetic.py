@@ -12,6 +12,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from decon_cnn.data.sampler import EpochShuffleSampler
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 
@@ -60,7 +61,8 @@ class SyntheticDataModule(pl.LightningDataModule):
         self.val_set = _TransformedTensors(xv, yv, self.val_transform) if self.val_transform else TensorDataset(xv, yv)
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+        sampler = EpochShuffleSampler(len(ds), self.seed) if shuffle else None
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
