@@ -75,6 +75,7 @@ class Experiment:
         self.store = ExperimentStore(base_path, experiment)
         self.name = self.store.experiment
         self._batch: deque[str] = deque()
+        self._hostname = socket.gethostname()
         self._listed_at = 0.0
 
     # -- submitting ----------------------------------------------------------------------------
@@ -271,12 +272,15 @@ class Experiment:
                     # Cancelled (or removed) between listing and claim: the marker is stale.
                     os.unlink(store.claimed_dir / marker)
                     return None
-                store.write_lease(job_id, worker_id, lease_seconds, rec.attempts + 1)
+                # The claimed marker becomes the lease (a rename, not a new file).
+                store.write_lease(job_id, worker_id, lease_seconds, rec.attempts + 1, claimed_marker=marker)
                 transition(rec, Status.RUNNING, f"claimed by {worker_id}", worker_id=worker_id,
-                           host=socket.gethostname(), attempts=rec.attempts + 1,
+                           host=self._hostname, attempts=rec.attempts + 1,
                            started_at=time.time(), finished_at=None)
-                store.write_record(rec)
-                os.unlink(store.claimed_dir / marker)
+                # No fsync here: the write is still atomic (readers on any node see the old or
+                # the new record), and if a power loss drops it, the job reads as pending with
+                # a lease that will expire -- exactly a claimer that died, which recovery re-queues.
+                store.write_record(rec, durable=False)
                 return rec
         except FileNotFoundError:
             return None
@@ -368,7 +372,10 @@ class Experiment:
             if rec is None or rec.status != Status.RUNNING:
                 store.remove_lease(job_id)
                 if rec is not None and rec.status == Status.PENDING:
-                    store.requeue_claimed_marker(rec.marker)
+                    # Its claimer died between taking the lease and recording `running`.
+                    if not store.requeue_claimed_marker(rec.marker):
+                        store.add_marker(rec, exist_ok=True)
+                    return "claimer died before starting it; returned to the queue"
                 return None
             checkpoint = last_checkpoint(store.run_dir(job_id)) or rec.resume_from
             lost = f"worker {rec.worker_id} lost (lease expired)"

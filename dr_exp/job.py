@@ -95,10 +95,14 @@ class JobRecord:
         return max(0.0, end - self.started_at)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Shallow on purpose: the values are JSON data already, and dataclasses.asdict's deep
+        # copy dominated the cost of a claim.
+        return {name: getattr(self, name) for name in _FIELD_NAMES}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False, default=str) + "\n"
+        # Compact on purpose: json's C encoder is used only without indent, and records are
+        # rewritten on every state change. `jq . jobs/<id>.json` pretty-prints one.
+        return json.dumps(self.to_dict(), default=str) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "JobRecord":
@@ -114,3 +118,6 @@ class JobRecord:
         if data.get("status") not in {s.value for s in Status}:
             raise ValueError(f"unknown status {data.get('status')!r}")
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(JobRecord))

@@ -18,6 +18,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+# Imported here, not in run_job: the worker's fork server preloads this module, so every job
+# child starts with Hydra already imported.
+import hydra.utils
+from hydra.errors import InstantiationException
+
 from dr_exp import preemption
 from dr_exp.logging.structured_logger import StructuredLogger
 from dr_exp.store import atomic_write
@@ -72,9 +77,6 @@ def run_job(spec: dict[str, Any]) -> int:
     Returns the process exit status; in the foreground (``job run-one``) it is returned, in
     a child it becomes the exit code.
     """
-    import hydra.utils
-    from hydra.errors import InstantiationException
-
     run_dir = Path(spec["storage_path"])
     attempt = int(spec["attempt"])
     run_dir.mkdir(parents=True, exist_ok=True)

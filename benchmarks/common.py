@@ -1,0 +1,53 @@
+"""Helpers shared by the benchmarks: machine description, percentiles, table printing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+from dr_exp.api import Experiment
+from dr_exp.job import JobRecord
+from dr_exp.store import atomic_write
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.node()}: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["| " + " | ".join(c.ljust(widths[c]) for c in columns) + " |",
+             "|" + "|".join("-" * (widths[c] + 2) for c in columns) + "|"]
+    lines += ["| " + " | ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def populate(exp: Experiment, n: int) -> None:
+    """Write n pending noop jobs quickly (setup only: no fsync, no Hydra)."""
+    exp.store.ensure()
+    for i in range(n):
+        rec = JobRecord(id=f"{i:08x}-0000-4000-8000-{os.getpid():012x}", experiment=exp.name,
+                        config={"_target_": "dr_exp.trainers.noop.train", "i": i}, seq=time.time_ns())
+        rec.storage_path = str(exp.store.run_dir(rec.id))
+        atomic_write(exp.store.record_path(rec.id), rec.to_json(), durable=False)
+        exp.store.add_marker(rec)
+    os.sync()
+
+
+__all__ = ["machine", "pct", "table", "populate", "statistics"]
