@@ -46,6 +46,7 @@ def populate(exp: Experiment, n: int) -> None:
                         config={"_target_": "dr_exp.trainers.noop.train", "i": i}, seq=time.time_ns())
         rec.storage_path = str(exp.store.run_dir(rec.id))
         atomic_write(exp.store.record_path(rec.id), rec.to_json(), durable=False)
+        exp.store.make_spare(rec.id)
         exp.store.add_marker(rec)
     os.sync()
 

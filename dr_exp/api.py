@@ -146,6 +146,7 @@ class Experiment:
             seen.add(record.config_hash)
             record.storage_path = str(self.store.run_dir(record.id))
             self.store.write_record(record)
+            self.store.make_spare(record.id)
             self.store.index_store(record.config_hash, record.id)
             self.store.add_marker(record)
             result.submitted.append(record)
@@ -280,7 +281,7 @@ class Experiment:
                 # No fsync here: the write is still atomic (readers on any node see the old or
                 # the new record), and if a power loss drops it, the job reads as pending with
                 # a lease that will expire -- exactly a claimer that died, which recovery re-queues.
-                store.write_record(rec, durable=False)
+                store.write_record(rec, durable=False, via=store.spare_path(job_id))
                 return rec
         except FileNotFoundError:
             return None
@@ -298,7 +299,9 @@ class Experiment:
             if status != Status.PENDING:
                 fields.setdefault("finished_at", time.time())
             transition(rec, status, reason, **fields)
-            store.write_record(rec)
+            # The lease file becomes the new record (rewritten, fsynced, renamed into jobs/):
+            # one rename instead of creating a temp file and then unlinking the lease.
+            store.write_record(rec, via=store.lease_path(job_id))
             store.remove_lease(job_id)
             if status == Status.PENDING:
                 store.add_marker(rec)
