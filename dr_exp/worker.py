@@ -55,6 +55,8 @@ class WorkerOptions:
     preempt_grace: float = field(default_factory=lambda: env_float("DR_EXP_PREEMPT_GRACE", 120.0))
     kill_grace: float = 5.0
     preload: tuple[str, ...] = ()
+    sync_interval: float = field(default_factory=lambda: env_float("DR_EXP_SYNC_INTERVAL", 30.0))
+    sync_wait: float = field(default_factory=lambda: env_float("DR_EXP_SYNC_WAIT", 60.0))
 
     def validate(self) -> None:
         if self.heartbeat_seconds >= self.lease_seconds:
@@ -87,6 +89,57 @@ class _Heartbeat(threading.Thread):
         self._stop_event.set()
 
 
+class _SyncThread(threading.Thread):
+    """Drains the experiment's sync queue in the background: after each job, every
+    ``interval`` seconds (re-queueing the running job so its metrics and logs go up too),
+    and one last time, bounded, when the worker exits."""
+
+    def __init__(self, exp: Experiment, handler: Any, interval: float, log: logging.Logger) -> None:
+        super().__init__(name="dr_exp-sync", daemon=True)
+        from dr_exp.sync import SyncQueue
+
+        self.queue = SyncQueue(exp)
+        self.handler, self.interval, self.log = handler, interval, log
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.current_job: str | None = None
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self.wake.wait(self.interval)
+            self.wake.clear()
+            if self.stopping.is_set():
+                return
+            if self.current_job:
+                self.queue.enqueue(self.current_job, "running")
+            self.drain()
+
+    def drain(self, respect_backoff: bool = True) -> None:
+        try:
+            report = self.queue.drain(self.handler, respect_backoff=respect_backoff)
+        except Exception:  # noqa: BLE001 - sync trouble must never stop the worker
+            self.log.exception("sync drain failed")
+            return
+        for job_id, uploaded in report.done:
+            self.log.info("synced %s (%d files uploaded)", job_id, uploaded)
+        for job_id, message in report.errors:
+            self.log.warning("sync of %s failed (stays queued): %s", job_id, message)
+
+    def finish(self, own_jobs: set[str], wait: float) -> None:
+        """Wait up to ``wait`` s for this worker's own entries; leave the rest queued."""
+        self.stopping.set()
+        self.wake.set()
+        self.join(timeout=wait)
+        deadline = time.monotonic() + wait
+        while self.queue.pending_for(own_jobs) and time.monotonic() < deadline:
+            self.drain(respect_backoff=False)
+            if self.queue.pending_for(own_jobs):
+                time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+        left = self.queue.pending_for(own_jobs)
+        if left:
+            self.log.warning("%d of this worker's runs are still queued for sync (dr_exp sync run finishes them)", len(left))
+
+
 class Worker:
     def __init__(self, exp: Experiment, options: WorkerOptions | None = None) -> None:
         self.exp = exp
@@ -98,6 +151,31 @@ class Worker:
         self._durations: list[float] = []
         self._ctx: Any = None
         self.log = logging.getLogger(f"dr_exp.worker.{self.worker_id}")
+        self._sync: _SyncThread | None = None
+        self._own_jobs: set[str] = set()
+
+    def _start_sync(self) -> None:
+        from dr_exp.sync import SyncHandler, load_config
+
+        try:
+            config = load_config(self.exp.store)
+            if config is None:
+                return
+            handler = SyncHandler(self.exp.store, config)
+        except Exception as exc:  # noqa: BLE001 - a worker runs jobs even when sync is broken
+            self.log.error("S3 sync disabled: %s", exc)
+            return
+        self._sync = _SyncThread(self.exp, handler, self.opts.sync_interval, self.log)
+        self._sync.start()
+        self.log.info("syncing runs to %s", config.s3_uri)
+
+    def _enqueue_sync(self, job_id: str, reason: str) -> dict[str, Any]:
+        """Queue the run for upload before its outcome is recorded; returns record fields."""
+        if self._sync is None:
+            return {}
+        self._sync.queue.enqueue(job_id, reason)
+        self._own_jobs.add(job_id)
+        return {"sync": {"state": "pending", "at": time.time()}}
 
     # -- setup ------------------------------------------------------------------------------
     def _setup_logging(self) -> None:
@@ -142,6 +220,7 @@ class Worker:
         if self.opts.gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = str(self.opts.gpu)
         self._record_environment()
+        self._start_sync()
         started = time.monotonic()
         deadline = started + self.opts.max_hours * 3600 if self.opts.max_hours else None
         idle_since = time.monotonic()
@@ -171,6 +250,8 @@ class Worker:
             idle_since = time.monotonic()
         if self.signals:
             self.log.info("stopping on signal")
+        if self._sync is not None:
+            self._sync.finish(self._own_jobs, 5.0 if self.signals >= 2 else self.opts.sync_wait)
         self.log.info("worker %s exits after %d jobs", self.worker_id, self.jobs_done)
         return 0
 
@@ -209,12 +290,18 @@ class Worker:
         proc.start()
         heartbeat = _Heartbeat(self.exp, rec.id, self.opts.heartbeat_seconds)
         heartbeat.start()
+        if self._sync is not None:
+            self._sync.current_job = rec.id
         ending = self._supervise(proc, rec, heartbeat)
         heartbeat.stop()
+        if self._sync is not None:
+            self._sync.current_job = None
         elapsed = time.monotonic() - t0
         self._durations.append(elapsed)
         what = self._record(rec, ending, proc.exitcode, run_dir, out_file, events)
         self.log.info("job %s attempt %d: %s after %.2fs", rec.id, rec.attempts, what, elapsed)
+        if self._sync is not None:
+            self._sync.wake.set()
         return what
 
     def _supervise(self, proc: Any, rec: JobRecord, heartbeat: _Heartbeat) -> str:
@@ -263,11 +350,15 @@ class Worker:
 
     def _record(self, rec: JobRecord, ending: str, exitcode: int | None, run_dir: Path,
                 out_file: Path, events: StructuredLogger) -> str:
-        finish = lambda status, reason, **kw: self.exp.finish(rec.id, self.worker_id, rec.attempts, status, reason, **kw)  # noqa: E731
         outcome = _read_json(out_file) or {}
         if ending == "lost":
             events.log_event("stopped", {"reason": "lease lost (cancelled or recovered elsewhere)"})
             return "stopped: the job was cancelled or taken over"
+
+        def finish(status: Status, reason: str, **kw: Any) -> None:
+            kw.update(self._enqueue_sync(rec.id, status.value))
+            self.exp.finish(rec.id, self.worker_id, rec.attempts, status, reason, **kw)
+
         if ending == "timeout":
             msg = f"timed out after {rec.timeout:g}s"
             _write_error(run_dir, "Timeout", msg)

@@ -76,7 +76,7 @@ def validate(c: Context, fix: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from dr_exp.cli import job as _job, results as _results, system as _system  # noqa: F401
+    from dr_exp.cli import job as _job, results as _results, sync as _sync, system as _system  # noqa: F401
 
     try:
         cli.main(args=argv, prog_name="dr_exp", standalone_mode=False)

@@ -7,7 +7,9 @@ Config keys (all optional; any other key is accepted and ignored, so ``+x=1,2`` 
   ``checkpoints/last.ckpt`` and a resumed run continues from it;
 - ``fail_on_attempt``: an attempt number (or list) on which to fail;
 - ``fail_mode``: ``raise`` (default), ``exit`` (``sys.exit(3)``) or ``segfault``;
-- ``value``: the metric to return (default: derived from the config).
+- ``value``: the metric to return (default: derived from the config);
+- ``payload_mb``: write ``checkpoints/payload.ckpt`` of this many MiB (random bytes), to check
+  that S3 sync moves large files.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def _fail(mode: str, attempt: int) -> None:
 
 def train(*, job_id: str, worker_id: str, storage_path: str, duration: float = 0.0, steps: int = 0,
           fail_on_attempt: int | list[int] | None = None, fail_mode: str = "raise",
-          value: float | None = None, resume_from: str | None = None, **config: Any) -> dict[str, Any]:
+          value: float | None = None, resume_from: str | None = None, payload_mb: float = 0,
+          **config: Any) -> dict[str, Any]:
     attempt = int(os.environ.get("DR_EXP_ATTEMPT", "1"))
     failing = fail_on_attempt if isinstance(fail_on_attempt, (list, tuple)) else [fail_on_attempt]
     if attempt in [int(a) for a in failing if a is not None]:
@@ -58,6 +61,10 @@ def train(*, job_id: str, worker_id: str, storage_path: str, duration: float = 0
     elif duration:
         time.sleep(float(duration))
 
+    if payload_mb:
+        payload = Path(storage_path) / "checkpoints" / "payload.ckpt"
+        payload.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(payload, os.urandom(int(float(payload_mb) * 1024 * 1024)))
     if value is None:
         # Deterministic in the config, so sweeps over +x give distinct, checkable numbers.
         value = zlib.crc32(json.dumps(config, sort_keys=True, default=str).encode()) % 1000 / 1000

@@ -1,0 +1,248 @@
+"""S3 sync against a real S3-compatible server process (moto_server) on 127.0.0.1.
+Nothing is patched in-process: boto3 talks HTTP to the server."""
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from dr_exp.api import Experiment
+from tests.conftest import EXP_CONFIGS, run_cli, snapshot, spawn_cli, wait_for
+
+pytestmark = pytest.mark.timeout(240)
+SECRET = "dr-exp-test-SECRET-9f3c1a7e5b"
+BUCKET = "runs-bucket"
+MOTO = str(Path(sys.executable).parent / "moto_server")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MotoServer:
+    def __init__(self, port: int | None = None, **env: str) -> None:
+        self.port = port or free_port()
+        self.env = {**os.environ, **env}
+        self.proc: subprocess.Popen | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "MotoServer":
+        self.proc = subprocess.Popen([MOTO, "-H", "127.0.0.1", "-p", str(self.port)], env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def up() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for(up, 20, what="moto_server to listen")
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def client(self):
+        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1")
+
+
+@pytest.fixture
+def creds(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDTESTING")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "DR_EXP_S3_URI"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def s3(creds):
+    server = MotoServer().start()
+    server.client().create_bucket(Bucket=BUCKET)
+    yield server
+    server.kill()
+
+
+def configure(base, server, *extra):
+    proc = run_cli("sync", "configure", "--s3-uri", f"s3://{BUCKET}/team", "--endpoint-url", server.url, *extra, base=base)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def bucket_files(server, job_id, experiment="exp") -> dict[str, bytes]:
+    client = server.client()
+    prefix = f"team/{experiment}/run_{job_id}/"
+    out = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            out[obj["Key"][len(prefix):]] = client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
+    return out
+
+
+def local_files(exp, job_id) -> dict[str, bytes]:
+    run = exp.store.run_dir(job_id)
+    return {p.relative_to(run).as_posix(): p.read_bytes() for p in run.rglob("*")
+            if p.is_file() and not p.name.startswith(".outcome-")}
+
+
+def assert_mirrored(server, exp, job_id):
+    remote = bucket_files(server, job_id)
+    record = json.loads(remote.pop("_dr_exp_record.json"))
+    assert record["id"] == job_id
+    local = local_files(exp, job_id)
+    assert sorted(remote) == sorted(local)
+    for name in local:
+        assert md5(remote[name]) == md5(local[name]), name
+
+
+def submit(exp, overrides):
+    return exp.submit(str(EXP_CONFIGS), "noop", overrides).submitted[0].id
+
+
+def test_worker_syncs_completed_run_with_multipart_checkpoint(base, s3):
+    exp = Experiment(base, "exp")
+    configure(base, s3)
+    job = submit(exp, "payload_mb=20")
+    proc = run_cli("system", "worker", "--idle-timeout", "0", base=base, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert_mirrored(s3, exp, job)
+    head = s3.client().head_object(Bucket=BUCKET, Key=f"team/exp/run_{job}/checkpoints/payload.ckpt")
+    assert head["ETag"].strip('"').endswith("-3"), head["ETag"]  # 20 MiB in 8 MiB parts: a real multipart upload
+    rec = exp.get(job)
+    assert rec.sync["state"] == "synced" and rec.sync["objects"] >= 6
+    assert "synced" in run_cli("job", "show", job, base=base).stdout
+    assert "synced" in run_cli("job", "list", "-v", base=base).stdout
+
+
+def test_resync_uploads_only_what_changed(base, s3):
+    exp = Experiment(base, "exp")
+    configure(base, s3)
+    job = submit(exp, "+x=1")
+    assert run_cli("system", "worker", "--idle-timeout", "0", base=base).returncode == 0
+    client = s3.client()
+    stamps = {o["Key"]: o["LastModified"] for o in client.list_objects_v2(Bucket=BUCKET)["Contents"]}
+    time.sleep(1.1)  # S3 timestamps have 1 s resolution
+    again = run_cli("sync", "run", "--job", job, base=base)
+    assert again.returncode == 0 and "(0 files uploaded)" in again.stdout, again.stdout
+    with open(exp.store.run_dir(job) / "metrics.jsonl", "a") as fh:
+        fh.write('{"extra": 1}\n')
+    once_more = run_cli("sync", "run", "--job", job, base=base)
+    assert "(1 files uploaded)" in once_more.stdout, once_more.stdout
+    after = {o["Key"]: o["LastModified"] for o in client.list_objects_v2(Bucket=BUCKET)["Contents"]}
+    changed = [k for k in after if after[k] != stamps.get(k)]
+    assert changed == [f"team/exp/run_{job}/metrics.jsonl"]
+
+
+def test_server_down_mid_upload_loses_nothing(base, s3, tmp_path):
+    exp = Experiment(base, "exp")
+    configure(base, s3)
+    big = submit(exp, "payload_mb=120")
+    small = submit(exp, "duration=1 +after=1")
+    worker = spawn_cli("system", "worker", "--idle-timeout", "1", base=base, DR_EXP_SYNC_WAIT="2")
+    client = s3.client()
+    wait_for(lambda: client.list_multipart_uploads(Bucket=BUCKET).get("Uploads"), 60, interval=0.01,
+             what="the multipart upload to start")
+    s3.kill()
+    out, _ = worker.communicate(timeout=90)
+    assert worker.returncode == 0, out
+    assert exp.get(small).status == "completed"  # the worker carried on
+    queued = {p.stem for p in (exp.store.sync_dir / "queue").glob("*.json")}
+    assert {big, small} <= queued
+    status = run_cli("sync", "status", base=base).stdout
+    assert "failing:" in status
+    restarted = MotoServer(port=s3.port).start()  # a fresh, empty server on the same address
+    try:
+        restarted.client().create_bucket(Bucket=BUCKET)
+        proc = run_cli("sync", "run", base=base)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert_mirrored(restarted, exp, big)
+        assert_mirrored(restarted, exp, small)
+        assert not restarted.client().list_multipart_uploads(Bucket=BUCKET).get("Uploads")
+        assert not list((exp.store.sync_dir / "queue").glob("*.json"))
+    finally:
+        restarted.kill()
+
+
+def test_kill_9_after_completion_sync_survives_on_disk(base, s3):
+    exp = Experiment(base, "exp")
+    configure(base, s3)
+    job = submit(exp, "payload_mb=150")
+    worker = spawn_cli("system", "worker", "--idle-timeout", "30", base=base)
+    wait_for(lambda: exp.get(job).status == "completed", 60, interval=0.005, what="job completed")
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+    entry = exp.store.sync_dir / "queue" / f"{job}.json"
+    assert entry.exists(), "the pending sync was not on disk"
+    proc = run_cli("sync", "run", base=base)
+    assert proc.returncode == 0, proc.stderr
+    assert_mirrored(s3, exp, job)
+    assert not entry.exists()
+
+
+def test_bad_input_one_line_exit_2_queue_intact_and_no_secret_on_disk(base, s3, creds):
+    exp = Experiment(base, "exp")
+    configure(base, s3)
+    job = submit(exp, "+x=2")
+    run_cli("system", "worker", "--idle-timeout", "0", base=base, DR_EXP_S3_URI="s3://missing-bucket")
+    queue_before = snapshot(exp.store.sync_dir / "queue")
+    assert queue_before, "the failed sync should have stayed queued"
+    auth = MotoServer(INITIAL_NO_AUTH_ACTION_COUNT="0").start()  # rejects every credential
+    try:
+        cases = [
+            (["sync", "configure", "--s3-uri", "http://not-s3/x"], {}, "invalid S3 URI"),
+            (["sync", "configure", "--s3-uri", "s3://Bad_Bucket"], {}, "invalid S3 URI"),
+            (["sync", "configure", "--s3-uri", "s3://missing-bucket", "--endpoint-url", s3.url], {}, "does not exist"),
+            (["sync", "configure", "--s3-uri", f"s3://{BUCKET}", "--endpoint-url", auth.url], {}, "refused the credentials"),
+            (["sync", "run"], {"DR_EXP_S3_URI": "s3://missing-bucket"}, "does not exist"),
+            (["sync", "run"], {"DR_EXP_S3_ENDPOINT_URL": auth.url}, "refused the credentials"),
+        ]
+        for args, env, needle in cases:
+            proc = run_cli(*args, base=base, **env)
+            lines = proc.stderr.strip().splitlines()
+            assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+            assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr, (args, proc.stderr)
+            assert snapshot(exp.store.sync_dir / "queue").keys() == queue_before.keys()
+    finally:
+        auth.kill()
+    assert run_cli("sync", "run", base=base).returncode == 0
+    assert_mirrored(s3, exp, job)
+    for path in base.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_pull_restores_run_directory_byte_for_byte(base, s3, tmp_path):
+    exp = Experiment(base, "exp")
+    configure(base, s3)
+    res = exp.sweep(str(EXP_CONFIGS / "noop.yaml"), "+x=1,2", overrides="payload_mb=9")
+    assert run_cli("system", "worker", "--idle-timeout", "0", base=base).returncode == 0
+    elsewhere = tmp_path / "other_machine"
+    env = {"DR_EXP_S3_URI": f"s3://{BUCKET}/team", "DR_EXP_S3_ENDPOINT_URL": s3.url}
+    first = res.submitted[0].id
+    proc = run_cli("sync", "pull", "--job", first, base=elsewhere, **env)
+    assert proc.returncode == 0, proc.stderr
+    other = Experiment(elsewhere, "exp")
+    assert local_files(other, first) == local_files(exp, first)
+    proc = run_cli("sync", "pull", "--sweep", res.sweep_id, base=elsewhere, **env)
+    assert proc.returncode == 0, proc.stderr
+    for rec in res.submitted:
+        assert local_files(other, rec.id) == local_files(exp, rec.id)
+    rows = json.loads(run_cli("results", "--format", "json", base=elsewhere).stdout)
+    assert sorted(r["x"] for r in rows) == [1, 2]
