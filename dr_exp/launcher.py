@@ -51,6 +51,7 @@ class LauncherOptions:
     idle_timeout: float = 60.0
     worker_args: list[str] = field(default_factory=list)
     max_restarts: int = 20
+    requeue_allocation: bool = False
 
 
 class Launcher:
@@ -156,5 +157,19 @@ class Launcher:
             if alive == 0:
                 break
             time.sleep(0.2)
+        if stopping and self.signals and self.opts.requeue_allocation:
+            self._requeue_allocation()
         self.log.info("launcher %s exits (%d worker deaths)", self.launcher_id, failures)
         return 0
+
+    def _requeue_allocation(self) -> None:
+        """Ask SLURM to run this allocation again (same job id) once it has ended."""
+        job = os.environ.get("SLURM_JOB_ID")
+        if not job:
+            self.log.warning("--requeue-allocation: not inside a SLURM job; nothing to requeue")
+            return
+        proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+        if proc.returncode == 0:
+            self.log.info("requeued SLURM job %s", job)
+        else:
+            self.log.error("scontrol requeue %s failed: %s", job, proc.stderr.strip())

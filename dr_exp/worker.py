@@ -313,7 +313,10 @@ class Worker:
         while True:
             proc.join(0.05 if time.monotonic() - started < 1 else 0.2)
             if proc.exitcode is not None:
-                return "preempted" if preempt_at is not None else "exited"
+                # A child that died of a signal while the worker itself is being stopped (SLURM
+                # signals every process of the allocation) was pre-empted, not broken.
+                stopped = self.signals and proc.exitcode < 0
+                return "preempted" if preempt_at is not None or stopped else "exited"
             now = time.monotonic()
             if now >= next_lease_check:
                 next_lease_check = now + 0.5

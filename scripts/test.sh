@@ -1,9 +1,28 @@
 #!/usr/bin/env bash
 # Set up the environment and run the whole test suite (what CI runs). Extra arguments go to
 # pytest, e.g. `bash scripts/test.sh -m "not slow"`.
+#
+# As root, it also installs (if needed) and starts a private single-node SLURM for the tests
+# marked `slurm`, and stops it afterwards; otherwise those tests skip with the reason. Set
+# DR_EXP_NO_SLURM=1 to skip them on purpose. Under CI (CI=true) SLURM must come up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
+
+export SLURM_CONF=${SLURM_CONF:-${DR_EXP_SLURM_DIR:-/tmp/dr_exp_slurm}/slurm.conf}
+if [ "$(id -u)" = 0 ] && [ -z "${DR_EXP_NO_SLURM:-}" ]; then
+  if out=$(bash scripts/slurm_local.sh start); then
+    echo "$out"
+    case "$out" in
+      "already running"*) ;;
+      *) trap 'bash scripts/slurm_local.sh stop >/dev/null 2>&1 || true' EXIT ;;
+    esac
+  elif [ "${CI:-}" = "true" ]; then
+    echo "could not start SLURM for the slurm tests" >&2
+    exit 1
+  fi
+fi
+
 set +e
 .venv/bin/python -m pytest -q -ra "$@"
 code=$?

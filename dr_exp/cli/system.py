@@ -46,18 +46,54 @@ def worker(c: Context, worker_id: str | None, idle_timeout: float, max_jobs: int
 @click.option("--workers", type=int, default=1, show_default=True, help="Workers on a machine without GPUs.")
 @click.option("--max-hours", type=float, default=None, help="Hand jobs back and stop after this many hours.")
 @click.option("--idle-timeout", type=float, default=60.0, show_default=True)
+@click.option("--requeue-allocation", is_flag=True,
+              help="Under SLURM: after a pre-emption signal, also `scontrol requeue` this allocation.")
 @click.argument("worker_args", nargs=-1, type=click.UNPROCESSED)
 @pass_ctx
 def launcher(c: Context, workers_per_gpu: int, workers: int, max_hours: float | None, idle_timeout: float,
-             worker_args: tuple[str, ...]) -> None:
+             requeue_allocation: bool, worker_args: tuple[str, ...]) -> None:
     """Start and supervise workers: N per visible GPU, or --workers on a CPU machine.
 
     Arguments after `--` go to every worker (e.g. `-- --preload torch`)."""
     from dr_exp.launcher import Launcher, LauncherOptions
 
     opts = LauncherOptions(workers_per_gpu=workers_per_gpu, workers=workers, max_hours=max_hours,
-                           idle_timeout=idle_timeout, worker_args=list(worker_args))
+                           idle_timeout=idle_timeout, worker_args=list(worker_args),
+                           requeue_allocation=requeue_allocation)
     sys.exit(Launcher(c.exp, opts).run())
+
+
+@system.command("slurm-submit")
+@click.option("--array", "--nodes", "array", type=int, default=1, show_default=True,
+              help="Number of allocations (an sbatch array when > 1).")
+@click.option("--gpus-per-job", type=int, default=1, show_default=True, help="GPUs per allocation (0: CPU only).")
+@click.option("--workers-per-gpu", type=int, default=1, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True, help="Workers per CPU-only allocation.")
+@click.option("--cpus-per-task", type=int, default=4, show_default=True)
+@click.option("--time", "time_", default="48:00:00", show_default=True, help="SLURM time limit.")
+@click.option("--partition", default=None)
+@click.option("--max-hours", type=float, default=None, help="Launcher hours (default: until the time-limit signal).")
+@click.option("--idle-timeout", type=float, default=600.0, show_default=True)
+@click.option("--requeue-allocation", is_flag=True, help="Requeue the allocation itself when pre-empted.")
+@click.option("--dry-run", is_flag=True, help="Print the sbatch script instead of submitting it.")
+@click.argument("sbatch_args", nargs=-1, type=click.UNPROCESSED)
+@pass_ctx
+def slurm_submit(c: Context, array: int, gpus_per_job: int, workers_per_gpu: int, workers: int, cpus_per_task: int,
+                 time_: str, partition: str | None, max_hours: float | None, idle_timeout: float,
+                 requeue_allocation: bool, dry_run: bool, sbatch_args: tuple[str, ...]) -> None:
+    """Submit sbatch allocations of the launcher for this experiment. Arguments after `--` are
+    extra sbatch options (e.g. `-- --account=lab --qos=long`)."""
+    from dr_exp.slurm import SlurmRequest, render_script, submit
+
+    req = SlurmRequest(array=array, gpus_per_job=gpus_per_job, workers_per_gpu=workers_per_gpu, workers=workers,
+                       cpus_per_task=cpus_per_task, time=time_, partition=partition, max_hours=max_hours,
+                       idle_timeout=idle_timeout, requeue_allocation=requeue_allocation,
+                       extra_sbatch=list(sbatch_args))
+    if dry_run:
+        click.echo(render_script(c.exp, req), nl=False)
+        return
+    for job_id in submit(c.exp, req):
+        click.echo(f"submitted SLURM job {job_id}" + (f" (array of {array})" if array > 1 else ""))
 
 
 def print_allocations(exp: Experiment) -> None:
