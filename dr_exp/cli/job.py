@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 import click
 
@@ -14,12 +15,20 @@ from dr_exp.errors import DrExpError
 from dr_exp.results import params_of
 from dr_exp.state import Status
 
-_priority = click.option("--priority", type=int, default=100, show_default=True,
-                         help="0-1000; higher runs first, FIFO among equals.")
-_tags = click.option("--tags", default=None, help="Comma-separated tags, e.g. baseline,seed-study.")
-_force = click.option("--force", is_flag=True, help="Submit even if an identical run is pending, running or done.")
-_attempts = click.option("--max-attempts", type=int, default=None, help="Attempts before a job is failed (default 3).")
-_timeout = click.option("--timeout", type=float, default=None, help="Seconds an attempt may run before it is failed.")
+_SUBMIT_OPTIONS = [
+    click.option("--priority", type=int, default=100, show_default=True, help="0-1000; higher runs first, FIFO among equals."),
+    click.option("--tags", default=None, help="Comma-separated tags, e.g. baseline,seed-study."),
+    click.option("--force", is_flag=True, help="Submit even if an identical run is pending, running or done."),
+    click.option("--max-attempts", type=int, default=None, help="Attempts before a job is failed (default 3)."),
+    click.option("--timeout", type=float, default=None, help="Seconds an attempt may run before it is failed."),
+]
+
+
+def submit_options(func):  # type: ignore[no-untyped-def]
+    """The queueing options shared by `submit` and `sweep`, passed on as ``**queueing``."""
+    for option in reversed(_SUBMIT_OPTIONS):
+        func = option(func)
+    return pass_ctx(func)
 
 
 @cli.group()
@@ -41,34 +50,20 @@ def _report(result: SubmitResult) -> None:
 @click.option("--config-path", required=True, help="Directory of job configs, e.g. exp_configs.")
 @click.option("--config-name", required=True, help="Config name in that directory (without .yaml).")
 @click.option("--overrides", default=None, help='Hydra overrides, e.g. "optimizer.lr=0.01 seed=1".')
-@_priority
-@_tags
-@_force
-@_attempts
-@_timeout
-@pass_ctx
-def submit(c: Context, config_path: str, config_name: str, overrides: str | None, priority: int,
-           tags: str | None, force: bool, max_attempts: int | None, timeout: float | None) -> None:
+@submit_options
+def submit(c: Context, config_path: str, config_name: str, overrides: str | None, **queueing: Any) -> None:
     """Compose a config with Hydra and queue it; prints the job id."""
-    _report(c.exp.submit(config_path, config_name, overrides, priority=priority, tags=tags, force=force,
-                         max_attempts=max_attempts, timeout=timeout))
+    _report(c.exp.submit(config_path, config_name, overrides, **queueing))
 
 
 @job.command()
 @click.option("--config", "config", required=True, help="Job config file, e.g. exp_configs/noop.yaml.")
 @click.option("--params", required=True, help='Sweep, as in hydra -m: "model=a,b optimizer.lr=0.1,0.01 seed=range(0,3)".')
 @click.option("--overrides", default=None, help="Fixed overrides applied to every point.")
-@_priority
-@_tags
-@_force
-@_attempts
-@_timeout
-@pass_ctx
-def sweep(c: Context, config: str, params: str, overrides: str | None, priority: int, tags: str | None,
-          force: bool, max_attempts: int | None, timeout: float | None) -> None:
+@submit_options
+def sweep(c: Context, config: str, params: str, overrides: str | None, **queueing: Any) -> None:
     """Queue the cartesian product of PARAMS (every point is composed before any is written)."""
-    _report(c.exp.sweep(config, params, overrides, priority=priority, tags=tags, force=force,
-                        max_attempts=max_attempts, timeout=timeout))
+    _report(c.exp.sweep(config, params, overrides, **queueing))
 
 
 def _row(rec, verbose: bool) -> dict:
