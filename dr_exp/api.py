@@ -166,7 +166,7 @@ class Experiment:
 
     # -- reading -------------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord:
-        self._require()
+        self.require()
         try:
             return self.store.read_record(self.store.resolve_job_id(job_id))
         except CorruptRecord as exc:
@@ -206,7 +206,7 @@ class Experiment:
     # -- changing state -------------------------------------------------------------------------
     def cancel(self, job_id: str) -> JobRecord:
         """Cancel a pending job at once; a running one is stopped by its worker within seconds."""
-        self._require()
+        self.require()
         job_id = self.store.resolve_job_id(job_id)
         with self.store.lock(job_id):
             rec = self.store.read_record(job_id)
@@ -222,7 +222,7 @@ class Experiment:
 
     def retry(self, job_id: str) -> JobRecord:
         """Put a failed or cancelled job back in the queue with a fresh attempt budget."""
-        self._require()
+        self.require()
         job_id = self.store.resolve_job_id(job_id)
         with self.store.lock(job_id):
             rec = self.store.read_record(job_id)
@@ -256,6 +256,19 @@ class Experiment:
             rec = self._start_claimed(name, worker_id, lease_seconds)
             if rec is not None:
                 return rec
+
+    def claim_job(self, job_id: str, worker_id: str, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> JobRecord:
+        """Claim one particular pending job (``job run-one``), through the same steps as :meth:`claim`."""
+        rec = self.get(job_id)
+        if rec.status != Status.PENDING:
+            raise DrExpError(f"job {rec.id} is {rec.status}; only a pending job can be run "
+                             "(`dr_exp job retry` puts a failed or cancelled one back)")
+        if not self.store.take_marker(rec.marker):
+            raise DrExpError(f"job {rec.id} was just claimed by another worker")
+        claimed = self._start_claimed(rec.marker, worker_id, lease_seconds)
+        if claimed is None:
+            raise DrExpError(f"job {rec.id} changed state while being claimed; see `dr_exp job show {rec.id}`")
+        return claimed
 
     def _start_claimed(self, marker: str, worker_id: str, lease_seconds: float) -> JobRecord | None:
         job_id = marker.split("-", 2)[2]
@@ -319,7 +332,7 @@ class Experiment:
         store = self.store
         now = store.server_now()
         done: list[tuple[str, str]] = []
-        for name in store._list(store.leases_dir):
+        for name in store.list_dir(store.leases_dir):
             if name.startswith(".") or not name.endswith(".json"):
                 continue
             job_id = name[:-5]
@@ -333,7 +346,7 @@ class Experiment:
                 if what:
                     done.append((job_id, what))
         # A claimed marker whose claimer died before it wrote a lease.
-        for name in store._list(store.claimed_dir):
+        for name in store.list_dir(store.claimed_dir):
             job_id = name.split("-", 2)[-1]
             try:
                 age = now - os.stat(store.claimed_dir / name).st_ctime
@@ -341,7 +354,7 @@ class Experiment:
                 continue
             if age > DEFAULT_LEASE_SECONDS and not store.lease_path(job_id).exists():
                 with store.lock(job_id):
-                    rec = self._read_or_none(job_id)
+                    rec = self.read_or_none(job_id)
                     if rec is not None and rec.status == Status.PENDING:
                         store.requeue_claimed_marker(name)
                         done.append((job_id, "stale claim returned to the queue"))
@@ -355,7 +368,8 @@ class Experiment:
                             done.append((rec.id, what))
         return done
 
-    def _read_or_none(self, job_id: str) -> JobRecord | None:
+    def read_or_none(self, job_id: str) -> JobRecord | None:
+        """The record, or None if it is missing or unreadable."""
         try:
             return self.store.read_record(job_id)
         except (JobNotFound, CorruptRecord):
@@ -371,7 +385,7 @@ class Experiment:
                 content, mtime = lease
                 if now - mtime <= float(content.get("lease_seconds", DEFAULT_LEASE_SECONDS)):
                     return None  # refreshed meanwhile
-            rec = self._read_or_none(job_id)
+            rec = self.read_or_none(job_id)
             if rec is None or rec.status != Status.RUNNING:
                 store.remove_lease(job_id)
                 if rec is not None and rec.status == Status.PENDING:
@@ -394,7 +408,8 @@ class Experiment:
             store.remove_lease(job_id)
             return "failed (no attempts left)"
 
-    def _require(self) -> None:
+    def require(self) -> None:
+        """Raise a clear error if the experiment directory does not exist."""
         if not self.store.exists():
             raise StorageError(
                 f"no experiment at {self.store.root}; check --base-path/--experiment "

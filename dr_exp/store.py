@@ -228,7 +228,7 @@ class ExperimentStore:
         if not _JOB_PREFIX_RE.match(job_id):
             raise StorageError(f"invalid job id {job_id!r}: job ids are UUIDs such as 3f2b9c1e-...; "
                                "run `dr_exp job list` to see them")
-        matches = [n[:-5] for n in self._list(self.jobs_dir) if n.startswith(job_id) and n.endswith(".json")]
+        matches = [n[:-5] for n in self.list_dir(self.jobs_dir) if n.startswith(job_id) and n.endswith(".json")]
         if len(matches) == 1:
             return matches[0]
         if not matches:
@@ -277,7 +277,7 @@ class ExperimentStore:
 
     def iter_records(self, problems: list[str] | None = None) -> Iterator[JobRecord]:
         """All readable records; corrupt ones are quarantined and described in ``problems``."""
-        for name in self._list(self.jobs_dir):
+        for name in self.list_dir(self.jobs_dir):
             if not name.endswith(".json") or name.startswith("."):
                 continue
             job_id = name[:-5]
@@ -301,7 +301,7 @@ class ExperimentStore:
         os.close(fd)
 
     def list_markers(self) -> list[str]:
-        return sorted(n for n in self._list(self.queue_dir) if not n.startswith("."))
+        return sorted(n for n in self.list_dir(self.queue_dir) if not n.startswith("."))
 
     def take_marker(self, name: str) -> bool:
         """Move a marker from queue/ to claimed/. Exactly one caller wins."""
@@ -400,7 +400,7 @@ class ExperimentStore:
 
     # -- helpers -------------------------------------------------------------------------------
     @staticmethod
-    def _list(directory: Path) -> list[str]:
+    def list_dir(directory: Path) -> list[str]:
         try:
             return os.listdir(directory)
         except FileNotFoundError:

@@ -26,14 +26,14 @@ class Report:
 def validate(exp: Experiment, fix: bool = False) -> Report:
     report = Report()
     store = exp.store
-    exp._require()
+    exp.require()
     records = {}
     for rec in store.iter_records(report.problems):
         records[rec.id] = rec
     report.jobs = len(records)
     markers = {}
     for directory in (store.queue_dir, store.claimed_dir):
-        for name in store._list(directory):
+        for name in store.list_dir(directory):
             if not name.startswith("."):
                 markers[name] = directory
 
@@ -60,7 +60,7 @@ def validate(exp: Experiment, fix: bool = False) -> Report:
                         store.add_marker(fresh)
                         report.fixed.append(f"re-created the queue marker of {rec.id}")
 
-    for name in store._list(store.leases_dir):
+    for name in store.list_dir(store.leases_dir):
         if name.startswith(".") or not name.endswith(".json"):
             continue
         job_id = name[:-5]
@@ -69,7 +69,7 @@ def validate(exp: Experiment, fix: bool = False) -> Report:
             report.problems.append(f"orphan lease {name} (job is {rec.status if rec else 'missing'})")
             if fix:
                 with store.lock(job_id):
-                    fresh = exp._read_or_none(job_id)
+                    fresh = exp.read_or_none(job_id)
                     if fresh is None or fresh.status != Status.RUNNING:
                         store.remove_lease(job_id)
                         report.fixed.append(f"removed orphan lease {name}")
@@ -82,7 +82,7 @@ def validate(exp: Experiment, fix: bool = False) -> Report:
 
     now = time.time()
     for directory in (store.jobs_dir, store.index_dir, store.leases_dir):
-        for name in store._list(directory):
+        for name in store.list_dir(directory):
             if name.startswith(".") and name.endswith(".tmp"):
                 path = directory / name
                 try:

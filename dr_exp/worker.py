@@ -399,15 +399,7 @@ class Worker:
         """``job run-one``: claim this one job (it must be pending) and run it here."""
         self._setup_logging()
         self._install_signals()
-        rec = self.exp.get(job_id)
-        if rec.status != Status.PENDING:
-            raise DrExpError(f"job {rec.id} is {rec.status}; only a pending job can be run "
-                             "(`dr_exp job retry` puts a failed or cancelled one back)")
-        if not self.exp.store.take_marker(rec.marker):
-            raise DrExpError(f"job {rec.id} was just claimed by another worker")
-        claimed = self.exp._start_claimed(rec.marker, self.worker_id, self.opts.lease_seconds)
-        if claimed is None:
-            raise DrExpError(f"job {rec.id} changed state while being claimed; see `dr_exp job show {rec.id}`")
+        claimed = self.exp.claim_job(job_id, self.worker_id, self.opts.lease_seconds)
         return self.execute(claimed)
 
 

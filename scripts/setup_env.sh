@@ -17,6 +17,6 @@ fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 echo "setting up $VENV (first time: a few minutes; torch is large)" >&2
 # torchvision needs the torch release it was built against: pin the pair.
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]"
+"$VENV/bin/python" -m pip install -qq --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
+"$VENV/bin/python" -m pip install -qq --disable-pip-version-check -e ".[test]"
 echo "$want" > "$stamp"

@@ -19,7 +19,7 @@ def sync() -> None:
 def _handler(c: Context):
     from dr_exp.sync import SyncHandler, load_config
 
-    c.exp._require()
+    c.exp.require()
     config = load_config(c.exp.store)
     if config is None:
         raise SyncError(f"sync is not configured for {c.exp.store.root}; run "
@@ -84,7 +84,7 @@ def sync_status(c: Context) -> None:
     """Queued, failing and synced runs, and the last errors."""
     from dr_exp.sync import SyncQueue, load_config
 
-    c.exp._require()
+    c.exp.require()
     config = load_config(c.exp.store)
     st = SyncQueue(c.exp).status()
     click.echo(f"target:  {config.s3_uri if config else '(not configured)'}"

@@ -140,3 +140,17 @@ def test_launcher_drains_sweep_and_restarts_killed_worker(base):
     rows = json.loads(run_cli("results", "--format", "json", "--sweep", res.sweep_id, base=base).stdout)
     assert len(rows) == 20
     assert sorted(r["x"] for r in rows) == list(range(20)) and all(0 <= r["score"] < 1 for r in rows)
+
+
+def test_run_one_in_the_foreground_and_logs(base, exp):
+    job = submit(exp, "+x=7")
+    proc = run_cli("job", "run-one", job[:8], base=base)
+    assert proc.returncode == 0 and "completed" in proc.stdout, proc.stderr
+    assert exp.get(job).status == "completed" and exp.get(job).attempts == 1
+    logs = run_cli("job", "logs", job, base=base)
+    assert logs.returncode == 0 and f"[dr_exp] job {job} attempt 1" in logs.stdout
+    again = run_cli("job", "run-one", job, base=base)
+    assert again.returncode == 2 and "only a pending job" in again.stderr and "Traceback" not in again.stderr
+    failing = submit(exp, "fail_on_attempt=1", max_attempts=1)
+    proc = run_cli("job", "run-one", failing, base=base)
+    assert proc.returncode == 1 and exp.get(failing).status == "failed"
