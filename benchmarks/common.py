@@ -6,6 +6,7 @@ import os
 import platform
 import statistics
 import time
+import uuid
 from pathlib import Path
 
 from dr_exp.api import Experiment
@@ -42,7 +43,7 @@ def populate(exp: Experiment, n: int) -> None:
     """Write n pending noop jobs quickly (setup only: no fsync, no Hydra)."""
     exp.store.ensure()
     for i in range(n):
-        rec = JobRecord(id=f"{i:08x}-0000-4000-8000-{os.getpid():012x}", experiment=exp.name,
+        rec = JobRecord(id=str(uuid.uuid4()), experiment=exp.name,
                         config={"_target_": "dr_exp.trainers.noop.train", "i": i}, seq=time.time_ns())
         rec.storage_path = str(exp.store.run_dir(rec.id))
         atomic_write(exp.store.record_path(rec.id), rec.to_json(), durable=False)

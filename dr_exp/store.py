@@ -130,7 +130,7 @@ class RecordLock:
     def __enter__(self) -> "RecordLock":
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + self.timeout
-        delay = 0.0005
+        delay = 0.00005
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
