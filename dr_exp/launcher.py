@@ -82,7 +82,9 @@ class Launcher:
             env["CUDA_VISIBLE_DEVICES"] = slot.gpu
         if hours_left is not None:
             cmd += ["--max-hours", f"{max(hours_left, 1e-4):.6f}"]
-        slot.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        # Own process group: a Ctrl-C at the terminal reaches the launcher only, which forwards it
+        # once; otherwise each worker would get it twice and take it as "stop now".
+        slot.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, preexec_fn=os.setpgrp)
         slot.started_at = time.monotonic()
         self.log.info("started worker %d (pid %d, gpu %s)", slot.index, slot.proc.pid, slot.gpu)
 

@@ -154,3 +154,16 @@ def test_run_one_in_the_foreground_and_logs(base, exp):
     failing = submit(exp, "fail_on_attempt=1", max_attempts=1)
     proc = run_cli("job", "run-one", failing, base=base)
     assert proc.returncode == 1 and exp.get(failing).status == "failed"
+
+
+def test_launcher_forwards_a_signal_once_and_job_is_handed_back(base, exp):
+    job = submit(exp, "duration=20 steps=200")
+    launcher = spawn_cli("system", "launcher", "--workers", "1", "--idle-timeout", "1", base=base)
+    wait_for(lambda: exp.get(job).status == "running", 30, what="job running")
+    time.sleep(1.0)
+    launcher.send_signal(signal.SIGINT)
+    code, out = finish(launcher, 30)
+    assert code == 0, out
+    rec = exp.get(job)
+    assert rec.status == "pending" and rec.preemptions == 1 and rec.resume_from, rec.history
+    assert json.loads(open(rec.resume_from).read())["step"] > 0  # checkpointed, not killed
