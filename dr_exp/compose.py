@@ -100,10 +100,22 @@ def check_target(config: dict[str, Any], where: str) -> None:
 
 
 def compose_many(config_path: str | os.PathLike[str], config_name: str,
-                 points: list[list[str]], sweep_keys: Iterable[str] = ()) -> list[ComposedConfig]:
-    """Compose ``config_name`` once per list of overrides; any failure aborts them all."""
+                 points: list[list[str]], sweep_keys: Iterable[str] = (),
+                 reuse: bool = True) -> list[ComposedConfig]:
+    """Compose ``config_name`` once per list of overrides; any failure aborts them all.
+
+    Hydra composes in two steps: overrides of config *groups* (``model=resnet18_cifar``) shape
+    the defaults tree, then *value* overrides (``optimizer.lr=0.1``) are applied to the merged
+    config. With ``reuse`` the first step runs once per distinct set of group overrides and only
+    the second runs per point, which is what Hydra would do for each point anyway, at a small
+    fraction of the cost (a 500-point sweep: seconds instead of a minute).
+    """
+    import copy
+
     from hydra import compose, initialize_config_dir
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -121,13 +133,26 @@ def compose_many(config_path: str | os.PathLike[str], config_name: str,
     search = _searchpath_override(config_dir, config_name)
     sweep_keys = set(sweep_keys)
     out: list[ComposedConfig] = []
+    parser = OverridesParser.create()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name="dr_exp"):
+            roots = _config_roots(config_dir, search)
+            reuse = reuse and roots is not None
+            bases: dict[tuple[str, ...], Any] = {}
             for overrides in points:
                 where = f"{config_name} with overrides {overrides}" if overrides else config_name
                 try:
-                    cfg = compose(config_name=config_name, overrides=list(overrides) + search)
+                    if reuse:
+                        parsed = parser.parse_overrides(list(overrides))
+                        structural = tuple(o.input_line for o in parsed if _shapes_defaults(o, roots))
+                        values = [o for o in parsed if not _shapes_defaults(o, roots)]
+                        if structural not in bases:
+                            bases[structural] = compose(config_name=config_name, overrides=list(structural) + search)
+                        cfg = copy.deepcopy(bases[structural])
+                        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+                    else:
+                        cfg = compose(config_name=config_name, overrides=list(overrides) + search)
                     config = OmegaConf.to_container(cfg, resolve=True)
                 except MissingConfigException as exc:
                     raise ConfigError(f"{where}: {_one_line(exc)}") from None
@@ -144,6 +169,26 @@ def compose_many(config_path: str | os.PathLike[str], config_name: str,
     finally:
         GlobalHydra.instance().clear()
     return out
+
+
+def _config_roots(config_dir: Path, search: list[str]) -> list[Path] | None:
+    """Directories that hold config groups, or None if the search path has entries that are
+    not plain directories (then every point is composed from scratch)."""
+    roots = [config_dir]
+    if search:
+        for entry in search[0].split("=", 1)[1].strip("[]").split(","):
+            if not entry.startswith("file://"):
+                return None
+            roots.append(Path(entry[len("file://"):]))
+    return roots
+
+
+def _shapes_defaults(override: Any, roots: list[Path]) -> bool:
+    """True for overrides Hydra applies to the defaults tree (config groups, packages, hydra.*)."""
+    key = override.key_or_group
+    if override.package is not None or key == "hydra" or key.startswith("hydra."):
+        return True
+    return any((root / key.replace(".", "/")).is_dir() for root in roots)
 
 
 def compose_one(config_path: str | os.PathLike[str], config_name: str,

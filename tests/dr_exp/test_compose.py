@@ -1,0 +1,37 @@
+"""Sweep composition reuses one composed base per set of group overrides; it must give exactly
+what composing every point from scratch gives."""
+
+import pytest
+
+from dr_exp.compose import compose_many, parse_sweep, sweep_keys
+from dr_exp.errors import ConfigError
+from tests.conftest import EXP_CONFIGS
+
+SWEEPS = [
+    "model=small_cnn,resnet18_cifar optimizer=sgd,adamw optimizer.lr=0.1,0.01",
+    "data.batch_size=16,32 +x=range(0,3) lr_scheduler=cosine,step,none optimizer.weight_decay=0",
+    "machine=cpu,slurm data.num_workers=0,3 ~callback",
+    "+trainer.limit_val_batches=1,2 transforms=none,cifar10_augmented seed=0,7",
+]
+
+
+@pytest.mark.parametrize("params", SWEEPS)
+def test_reused_composition_equals_composition_from_scratch(params):
+    points = parse_sweep(params)
+    fast = compose_many(EXP_CONFIGS, "quickstart", points, sweep_keys(params))
+    slow = compose_many(EXP_CONFIGS, "quickstart", points, sweep_keys(params), reuse=False)
+    assert len(fast) == len(slow) == len(points)
+    for f, s in zip(fast, slow):
+        assert f.config == s.config, f.overrides
+        assert f.sweep_params == s.sweep_params
+
+
+def test_interpolations_follow_value_overrides():
+    (c,) = compose_many(EXP_CONFIGS, "quickstart", [["machine.num_workers=5"]])
+    assert c.config["data"]["num_workers"] == 5  # data.num_workers: ${machine.num_workers}
+
+
+@pytest.mark.parametrize("bad", [["optimizer.nope=1"], ["model=nope"], ["~nothing.here"], ["data.batch_size=[1,"]])
+def test_bad_points_fail_with_config_error(bad):
+    with pytest.raises(ConfigError):
+        compose_many(EXP_CONFIGS, "quickstart", [[], bad])
