@@ -4,6 +4,8 @@ against a hand-written PyTorch loop on the same model, data, batch size and mach
 Both train the same model for the same epochs; the first epoch is warm-up and not timed.
 
     python -m benchmarks.bench_training [--model small_cnn] [--epochs 4] [--device cpu|cuda]
+    python -m benchmarks.bench_training --model resnet18_cifar --device cuda --precision bf16-mixed \
+        --channels-last --batch 512 --images 50000
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def lightning_run(args: argparse.Namespace, n_images: int) -> float:
     config = compose_one("exp_configs", "quickstart", [
         f"model={args.model}", f"trainer.max_epochs={args.epochs}", f"data.batch_size={args.batch}",
         f"data.synthetic.num_train={n_images}", "data.synthetic.image_size=32", "+trainer.limit_val_batches=0",
-        "lr_scheduler=none", f"machine={'cpu' if args.device == 'cpu' else 'slurm'}", "data.num_workers=0"]).config
+        "lr_scheduler=none", f"machine={'cpu' if args.device == 'cpu' else 'slurm'}", "data.num_workers=0",
+        f"trainer.precision={args.precision}", f"channels_last={str(args.channels_last).lower()}"]).config
     config.pop("_target_")
     timer = EpochTimer()
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,6 +63,9 @@ def hand_loop(args: argparse.Namespace, n_images: int) -> float:
     dm = SyntheticDataModule(num_train=n_images, num_val=16, image_size=32, batch_size=args.batch)
     dm.setup()
     model = build_model(args.model, num_classes=10).to(device)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    bf16 = args.precision.startswith("bf16")
     opt = create_optimizer(model, {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4})
     times = []
     for _ in range(args.epochs):
@@ -68,8 +74,9 @@ def hand_loop(args: argparse.Namespace, n_images: int) -> float:
         t0 = time.perf_counter()
         model.train()
         for x, y in dm.train_dataloader():
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = F.cross_entropy(model(x), y)
+            x, y = x.to(device, non_blocking=True).contiguous(memory_format=fmt), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -86,6 +93,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--images", type=int, default=4096)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="32-true", help="32-true or bf16-mixed (GPU)")
+    parser.add_argument("--channels-last", action="store_true")
     args = parser.parse_args()
     print(f"machine: {machine()}; device {args.device}; torch {torch.__version__}")
     hand = hand_loop(args, args.images)
@@ -95,7 +104,8 @@ def main() -> None:
     rows = [{"loop": "hand-written PyTorch", "images_per_s": f"{base:.0f}", "ratio": "1.00"},
             {"loop": "decon_cnn (Lightning + callback + logger)", "images_per_s": f"{light:.0f}",
              "ratio": f"{light / base:.2f}"}]
-    print(f"{args.model}, batch {args.batch}, {args.images} images/epoch, {args.epochs - 1} timed epochs")
+    print(f"{args.model}, batch {args.batch}, {args.images} images/epoch, {args.epochs - 1} timed epochs, "
+          f"precision {args.precision}, channels_last {args.channels_last}")
     print(table(rows, ["loop", "images_per_s", "ratio"]))
 
 

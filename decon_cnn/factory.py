@@ -102,5 +102,5 @@ def create_training_components(cfg: DictConfig) -> tuple[Any, Any]:
     datamodule = create_data_module(cfg)
     model = create_model(cfg.model, datamodule.num_classes, datamodule.in_channels)
     module = ClassificationModule(model, datamodule.num_classes, _plain(cfg.optimizer), _plain(cfg.lr_scheduler),
-                                  int(cfg.trainer.max_epochs))
+                                  int(cfg.trainer.max_epochs), channels_last=bool(cfg.get("channels_last", False)))
     return module, datamodule

@@ -13,15 +13,19 @@ from torchmetrics.classification import MulticlassAccuracy
 
 class ClassificationModule(pl.LightningModule):
     def __init__(self, model: nn.Module, num_classes: int, optimizer: dict[str, Any],
-                 lr_scheduler: dict[str, Any], max_epochs: int) -> None:
+                 lr_scheduler: dict[str, Any], max_epochs: int, channels_last: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
-        self.model = model
+        # channels_last (NHWC) lets cuDNN use tensor-core convolution kernels with bf16/fp16.
+        self.channels_last = channels_last
+        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         self.train_acc = MulticlassAccuracy(num_classes, top_k=1)
         self.val_acc = MulticlassAccuracy(num_classes, top_k=1)
         self.val_acc_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -91,3 +91,15 @@ def test_no_weight_decay_on_bias_and_norm():
     decayed, plain = opt.param_groups
     assert decayed["weight_decay"] == 5e-4 and plain["weight_decay"] == 0.0
     assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim <= 1 for p in plain["params"])
+
+
+def test_channels_last_module_matches_default_layout():
+    from decon_cnn.module import ClassificationModule
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", num_classes=10)
+    x = torch.randn(4, 3, 32, 32)
+    ref = model(x)
+    nhwc = ClassificationModule(model, 10, {"name": "sgd", "lr": 0.1}, {"name": "none"}, 1, channels_last=True)
+    assert nhwc.model.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(nhwc(x), ref, atol=1e-5)
