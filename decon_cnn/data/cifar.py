@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from decon_cnn.data.sampler import EpochShuffleSampler
-from torch.utils.data import DataLoader
+from decon_cnn.data.sampler import ResumableShuffle
+from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision import datasets
 
 from decon_cnn.errors import DatasetNotFound
@@ -39,7 +39,7 @@ _SPECS = {"cifar10": (_present_files_only(datasets.CIFAR10), "cifar-10-batches-p
           "cifar100": (_present_files_only(datasets.CIFAR100), "cifar-100-python", 100)}
 
 
-class CIFARDataModule(pl.LightningDataModule):
+class CIFARDataModule(ResumableShuffle, pl.LightningDataModule):
     def __init__(self, dataset: str, data_dir: str, batch_size: int = 128, num_workers: int = 0,
                  download: bool = False, train_transform: Any = None, val_transform: Any = None,
                  seed: int = 0) -> None:
@@ -74,13 +74,13 @@ class CIFARDataModule(pl.LightningDataModule):
             raise DatasetNotFound(f"{self.dataset} in {expected.resolve()} is incomplete or corrupt ({exc}); "
                                   "re-extract it or set data.download=true") from None
 
-    def _loader(self, ds: Any, shuffle: bool) -> DataLoader:
-        sampler = EpochShuffleSampler(len(ds), self.seed) if shuffle else None
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+    def _loader(self, ds: Any, shuffle: bool) -> StatefulDataLoader:
+        sampler = self.train_sampler(len(ds), self.seed) if shuffle else None
+        return StatefulDataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, pin_memory=False)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.train_set, True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.val_set, False)

@@ -12,8 +12,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from decon_cnn.data.sampler import EpochShuffleSampler
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from decon_cnn.data.sampler import ResumableShuffle
+from torch.utils.data import Dataset, TensorDataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 
 class _TransformedTensors(Dataset):
@@ -38,7 +39,7 @@ def make_synthetic(num_samples: int, num_classes: int, image_size: int, channels
     return images.float(), labels
 
 
-class SyntheticDataModule(pl.LightningDataModule):
+class SyntheticDataModule(ResumableShuffle, pl.LightningDataModule):
     def __init__(self, num_train: int = 4096, num_val: int = 1024, num_classes: int = 10, image_size: int = 32,
                  channels: int = 3, noise: float = 1.0, seed: int = 0, batch_size: int = 128,
                  num_workers: int = 0, train_transform: Any = None, val_transform: Any = None) -> None:
@@ -60,13 +61,13 @@ class SyntheticDataModule(pl.LightningDataModule):
         self.train_set = _TransformedTensors(xt, yt, self.train_transform) if self.train_transform else TensorDataset(xt, yt)
         self.val_set = _TransformedTensors(xv, yv, self.val_transform) if self.val_transform else TensorDataset(xv, yv)
 
-    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        sampler = EpochShuffleSampler(len(ds), self.seed) if shuffle else None
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+    def _loader(self, ds: Dataset, shuffle: bool) -> StatefulDataLoader:
+        sampler = self.train_sampler(len(ds), self.seed) if shuffle else None
+        return StatefulDataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.train_set, True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.val_set, False)

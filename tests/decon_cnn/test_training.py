@@ -131,3 +131,29 @@ def test_multi_stage_continues_from_previous_stage_and_resumes_mid_stage(tmp_pat
     epochs = [r for r in rows if r["phase"] == "epoch"]
     assert [(r["stage"], r["epoch"]) for r in epochs] == [("warmup", 0), ("warmup", 1), ("finetune", 0)]
     assert epochs[-1]["step"] == 16  # the interrupted epoch was finished on resume: 1024 / 64 batches
+
+
+def test_mid_epoch_preemption_resumes_exactly(quickstart_cfg, tmp_path):
+    """Pre-empted in the middle of an epoch: the resumed run skips the batches already trained
+    on (the data loader's position is in the checkpoint) and ends with the same weights."""
+    import pytorch_lightning as pl
+
+    cfg = quickstart_cfg("seed=5", "trainer.max_epochs=3")
+    full = train(cfg, logger=MemoryLogger(), checkpoint_dir=tmp_path / "a")
+    stop = {"flag": False}
+
+    class StopMidEpoch(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 1 and batch_idx == 6:
+                stop["flag"] = True
+
+    logger = MemoryLogger()
+    first = train(cfg, logger=logger, checkpoint_dir=tmp_path / "b", should_stop=lambda: stop["flag"],
+                  callbacks=[StopMidEpoch()])
+    assert first["preempted"] and first["global_step"] == 16 + 7
+    second = train(cfg, logger=logger, checkpoint_dir=tmp_path / "b", resume_from=first["last_model_path"])
+    assert second["global_step"] == full["global_step"] == 48
+    assert [m["epoch"] for m in logger.metrics if m["phase"] == "epoch"] == [0, 1, 2]
+    a, b = full["module"].state_dict(), second["module"].state_dict()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
