@@ -78,3 +78,33 @@ def to_dataframe(rows: list[dict[str, Any]]) -> Any:
     except ImportError as exc:
         raise ImportError("to_dataframe needs pandas: pip install pandas") from exc
     return pd.DataFrame(rows, columns=columns_of(rows))
+
+
+def curves(records: Iterable[JobRecord], metric: str, phase: str = "epoch") -> dict[str, list[tuple[int, float]]]:
+    """Per job, the ``(epoch, value)`` points of ``metric`` from its ``metrics.jsonl``.
+
+    Rows are keyed by epoch (and stage, for multi-stage runs): a resumed run that logged an
+    epoch again keeps the last value, so every epoch appears once.
+    """
+    from pathlib import Path
+
+    from dr_exp.store import read_jsonl
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for rec in records:
+        points: dict[tuple[str, int], float] = {}
+        for row in read_jsonl(Path(rec.storage_path) / "metrics.jsonl"):
+            if row.get("phase", phase) != phase or metric not in row or "epoch" not in row:
+                continue
+            stage = str(row.get("stage", ""))
+            points[(stage, int(row["epoch"]))] = float(row[metric])
+        # Stages restart their epoch count; lay them end to end.
+        series: list[tuple[int, float]] = []
+        base = 0
+        for stage in dict.fromkeys(s for s, _ in points):
+            epochs = sorted(e for s, e in points if s == stage)
+            series.extend((base + e, points[(stage, e)]) for e in epochs)
+            base += (max(epochs) + 1) if epochs else 0
+        if series:
+            out[rec.id] = series
+    return out

@@ -39,3 +39,34 @@ def results(c: Context, status: str | None, sweep_id: str | None, tags: str | No
         print_table(rows, cols, max_width=40)
     else:
         click.echo("no jobs")
+
+
+@cli.command("curves")
+@click.argument("metric")
+@click.option("--status", default=None, help="Only jobs in these states (comma-separated).")
+@click.option("--sweep", "sweep_id", default=None, help="Only this sweep.")
+@click.option("--tags", default=None, help="Only jobs with all these tags.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@pass_ctx
+def curves_cmd(c: Context, metric: str, status: str | None, sweep_id: str | None, tags: str | None, fmt: str) -> None:
+    """METRIC per epoch for every job (e.g. `dr_exp curves val/acc --sweep ID`): one column per job."""
+    from dr_exp.results import curves, params_of
+
+    records = {r.id: r for r in c.exp.list(status=status, sweep_id=sweep_id, tags=tags)}
+    series = curves(records.values(), metric)
+    if fmt == "json":
+        print_json([{"job_id": jid, "params": params_of(records[jid]), "points": pts} for jid, pts in series.items()])
+        return
+    if not series:
+        click.echo(f"no job has logged {metric!r} per epoch")
+        return
+    labels = {jid: " ".join(f"{k}={v}" for k, v in params_of(records[jid]).items()) or jid[:8] for jid in series}
+    epochs = sorted({e for pts in series.values() for e, _ in pts})
+    rows = [{"epoch": e, **{labels[jid]: dict(pts).get(e) for jid, pts in series.items()}} for e in epochs]
+    cols = ["epoch", *labels.values()]
+    if fmt == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=cols)
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        print_table(rows, cols, max_width=40)

@@ -131,6 +131,11 @@ def test_multi_stage_continues_from_previous_stage_and_resumes_mid_stage(tmp_pat
     epochs = [r for r in rows if r["phase"] == "epoch"]
     assert [(r["stage"], r["epoch"]) for r in epochs] == [("warmup", 0), ("warmup", 1), ("finetune", 0)]
     assert epochs[-1]["step"] == 16  # the interrupted epoch was finished on resume: 1024 / 64 batches
+    from dr_exp.job import JobRecord
+    from dr_exp.results import curves
+
+    rec = JobRecord(id="j", experiment="e", config={}, storage_path=str(run))
+    assert [e for e, _ in curves([rec], "val/acc")["j"]] == [0, 1, 2]  # stages laid end to end
 
 
 def test_mid_epoch_preemption_resumes_exactly(quickstart_cfg, tmp_path):

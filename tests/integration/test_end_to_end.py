@@ -28,3 +28,10 @@ def test_quickstart_sweep_through_the_queue(base):
     assert table.splitlines()[0].split()[:3] == ["optimizer.lr", "seed", "val/acc"]
     csv_out = run_cli("results", "--format", "csv", base=base).stdout
     assert csv_out.splitlines()[0].startswith("optimizer.lr,seed,")
+
+    curves = json.loads(run_cli("curves", "val/acc", "--format", "json", base=base).stdout)
+    assert len(curves) == 4
+    for c in curves:
+        assert [e for e, _ in c["points"]] == [0, 1, 2] and all(0 <= v <= 1.0001 for _, v in c["points"])
+    table = run_cli("curves", "train/loss", base=base).stdout.splitlines()
+    assert table[0].startswith("epoch") and "optimizer.lr=0.1 seed=0" in table[0] and len(table) == 2 + 3
