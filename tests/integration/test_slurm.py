@@ -45,16 +45,18 @@ def slurm():
             "DR_EXP_LEASE_SECONDS": "3", "DR_EXP_HEARTBEAT_SECONDS": "0.5"}
 
 
-def sh(env, *cmd, check=True):
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, env=env, timeout=60)
+def sh(env, *cmd, check=True, cwd=None):
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, env=env, timeout=60, cwd=cwd)
     if check:
         assert proc.returncode == 0, (cmd, proc.stdout, proc.stderr)
     return proc
 
 
 def sbatch(env, base, *args, launcher_args=()):
+    # Submitted from the base path, as a user submits from their project: SLURM's own output file
+    # (one line pointing at logs/slurm-<id>.out) lands there.
     out = sh(env, "sbatch", "--parsable", "--job-name=dr_exp-test", *args, str(REPO / "scripts" / "slurm_launcher.sh"),
-             "--base-path", str(base), "--experiment", "exp", *launcher_args)
+             "--base-path", str(base), "--experiment", "exp", *launcher_args, cwd=base)
     return out.stdout.strip().split(";")[0]
 
 
@@ -90,7 +92,8 @@ def test_sbatch_launcher_drains_the_queue(slurm, base):
     assert state == "COMPLETED" and code == "0:0"
     completed_once(exp)
     logs = exp.store.logs_dir
-    assert (logs / f"slurm-{job}.out").is_file()
+    assert f"output continues in {logs}/slurm-{job}.out" in (base / f"dr_exp-{job}.out").read_text()
+    assert "allocation" in (logs / f"slurm-{job}.out").read_text()
     assert len(list(logs.glob("*-w0.log"))) == 1 and len(list(logs.glob("*-w1.log"))) == 1
 
 
