@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import time
 import uuid
 from pathlib import Path
@@ -52,4 +51,4 @@ def populate(exp: Experiment, n: int) -> None:
     os.sync()
 
 
-__all__ = ["machine", "pct", "table", "populate", "statistics"]
+__all__ = ["machine", "pct", "table", "populate"]

@@ -42,9 +42,9 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(msg.split())
 
 
-def _searchpath_override(config_dir: Path, config_name: str) -> list[str]:
-    """Resolve relative ``file://`` entries of the primary config's ``hydra.searchpath``
-    against the config's own directory, so submitting works from any working directory."""
+def _searchpath(config_dir: Path, config_name: str) -> list[str]:
+    """The primary config's ``hydra.searchpath``, relative ``file://`` entries resolved against
+    the config's own directory, so submitting works from any working directory."""
     primary = config_dir / f"{config_name}.yaml"
     try:
         data = yaml.safe_load(primary.read_text()) or {}
@@ -59,7 +59,7 @@ def _searchpath_override(config_dir: Path, config_name: str) -> list[str]:
         if entry.startswith("file://") and not os.path.isabs(entry[len("file://"):]):
             entry = "file://" + str((config_dir / entry[len("file://"):]).resolve())
         resolved.append(entry)
-    return ["hydra.searchpath=[" + ",".join(resolved) + "]"]
+    return resolved
 
 
 def parse_sweep(params: str | Iterable[str]) -> list[list[str]]:
@@ -130,14 +130,15 @@ def compose_many(config_path: str | os.PathLike[str], config_name: str,
         raise ConfigError(
             f"no config {config_name!r} in {config_dir}; choose one of: {', '.join(known) or '(none)'}"
         )
-    search = _searchpath_override(config_dir, config_name)
+    entries = _searchpath(config_dir, config_name)
+    search = ["hydra.searchpath=[" + ",".join(entries) + "]"] if entries else []
     sweep_keys = set(sweep_keys)
     out: list[ComposedConfig] = []
     parser = OverridesParser.create()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name="dr_exp"):
-            roots = _config_roots(config_dir, search)
+            roots = _config_roots(config_dir, entries)
             reuse = reuse and roots is not None
             bases: dict[tuple[str, ...], Any] = {}
             for overrides in points:
@@ -171,16 +172,12 @@ def compose_many(config_path: str | os.PathLike[str], config_name: str,
     return out
 
 
-def _config_roots(config_dir: Path, search: list[str]) -> list[Path] | None:
+def _config_roots(config_dir: Path, searchpath: list[str]) -> list[Path] | None:
     """Directories that hold config groups, or None if the search path has entries that are
     not plain directories (then every point is composed from scratch)."""
-    roots = [config_dir]
-    if search:
-        for entry in search[0].split("=", 1)[1].strip("[]").split(","):
-            if not entry.startswith("file://"):
-                return None
-            roots.append(Path(entry[len("file://"):]))
-    return roots
+    if any(not entry.startswith("file://") for entry in searchpath):
+        return None
+    return [config_dir, *(Path(entry[len("file://"):]) for entry in searchpath)]
 
 
 def _shapes_defaults(override: Any, roots: list[Path]) -> bool:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from dr_exp.job import JobRecord
+from dr_exp.store import read_jsonl
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
     if isinstance(value, dict):
@@ -86,10 +88,6 @@ def curves(records: Iterable[JobRecord], metric: str, phase: str = "epoch") -> d
     Rows are keyed by epoch (and stage, for multi-stage runs): a resumed run that logged an
     epoch again keeps the last value, so every epoch appears once.
     """
-    from pathlib import Path
-
-    from dr_exp.store import read_jsonl
-
     out: dict[str, list[tuple[int, float]]] = {}
     for rec in records:
         points: dict[tuple[str, int], float] = {}

@@ -281,10 +281,7 @@ class Worker:
                 "storage_path": str(run_dir), "config": rec.config, "resume_from": rec.resume_from,
                 "worker_pid": os.getpid()}
         out_file = outcome_path(run_dir, rec.attempts)
-        try:
-            out_file.unlink()
-        except FileNotFoundError:
-            pass
+        out_file.unlink(missing_ok=True)
         t0 = time.monotonic()
         proc = self._context(rec).Process(target=child_main, args=(spec,), name=f"dr_exp-job-{rec.id[:8]}")
         proc.start()

@@ -98,10 +98,8 @@ def slurm_submit(c: Context, array: int, gpus_per_job: int, workers_per_gpu: int
 
 def print_allocations(exp: Experiment) -> None:
     """SLURM allocations recorded for this experiment, if any (see `system slurm-submit`)."""
-    try:
-        from dr_exp.slurm import allocation_status
-    except ImportError:
-        return
+    from dr_exp.slurm import allocation_status
+
     rows = allocation_status(exp)
     if rows:
         from dr_exp.cli.output import print_table

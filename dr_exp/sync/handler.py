@@ -62,6 +62,8 @@ def translate(exc: BaseException, config: SyncConfig) -> SyncError:
         if status and int(status) >= 500:
             return SyncUnavailable(f"{where} failed ({code} {status}); will retry")
         return SyncError(f"{where} refused the request: {code} {_scrub(str(exc))}")
+    if isinstance(exc, FileNotFoundError):
+        return SyncUnavailable(f"a file disappeared while it was being synced ({exc.filename}); will retry")
     if isinstance(exc, (EndpointConnectionError, ConnectionError, OSError)) or "Connect" in type(exc).__name__ \
             or "Timeout" in type(exc).__name__ or "Connection" in type(exc).__name__:
         return SyncUnavailable(f"cannot reach {where}: {type(exc).__name__}: {_scrub(str(exc))}; will retry")
@@ -164,7 +166,6 @@ class SyncHandler:
 
     def sync_job(self, job_id: str) -> SyncResult:
         """Upload what changed in the run directory (and the job record); verify each upload."""
-        from boto3.s3.transfer import S3Transfer  # noqa: F401 - import check for a clear error
         from s3transfer.manager import TransferManager
 
         manifest = self.load_manifest(job_id)
