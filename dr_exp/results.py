@@ -9,6 +9,7 @@ from typing import Any
 from dr_exp.job import JobRecord
 from dr_exp.store import read_jsonl
 
+
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
     if isinstance(value, dict):
         for k, v in value.items():

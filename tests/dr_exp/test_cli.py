@@ -80,6 +80,8 @@ BAD_INPUTS = {
     "unknown job id": (["job", "cancel", str(uuid.UUID(int=7, version=4))], "no job"),
     "unwritable base path": (["--base-path", "/proc/dr_exp_cannot", "job", "submit", "--config-path", "exp_configs",
                               "--config-name", "noop"], "base path"),
+    "bad SLURM time": (["system", "slurm-submit", "--time", "two days", "--dry-run"], "is not a SLURM time"),
+    "bad SLURM array": (["system", "slurm-submit", "--array", "0", "--dry-run"], "--array 0"),
     "base path is a file": (["--base-path", "{file}/sub", "job", "submit", "--config-path", "exp_configs",
                              "--config-name", "noop"], "not a directory"),
 }

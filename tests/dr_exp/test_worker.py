@@ -167,3 +167,30 @@ def test_launcher_forwards_a_signal_once_and_job_is_handed_back(base, exp):
     rec = exp.get(job)
     assert rec.status == "pending" and rec.preemptions == 1 and rec.resume_from, rec.history
     assert json.loads(open(rec.resume_from).read())["step"] > 0  # checkpointed, not killed
+
+
+def test_worker_max_jobs_gpu_pinning_and_preload(base, exp):
+    first = submit(exp, "+i=1")
+    second = submit(exp, "+i=2")
+    code, out = finish(worker(base, "--idle-timeout", "5", "--max-jobs", "1", "--gpu", "3", "--preload", "json",
+                              "--worker-id", "w-pinned"))
+    assert code == 0, out
+    assert [exp.get(first).status, exp.get(second).status] == ["completed", "pending"]  # stopped after one job
+    env = json.loads((exp.store.logs_dir / "w-pinned.env.json").read_text())["env"]
+    assert env["CUDA_VISIBLE_DEVICES"] == "3"
+    events = read_jsonl(exp.store.run_dir(first) / "events.jsonl")
+    assert next(e for e in events if e["event"] == "started")["cuda_visible_devices"] == "3"
+    log = (exp.store.logs_dir / "w-pinned.log").read_text()
+    assert "fork server preloads" in log and "'json'" in log
+
+
+def test_launcher_hands_jobs_back_when_its_hours_are_up(base, exp):
+    job = submit(exp, "duration=60 steps=600")
+    t0 = time.monotonic()
+    launcher = spawn_cli("system", "launcher", "--workers", "1", "--max-hours", "0.001", "--idle-timeout", "30",
+                         base=base)
+    code, out = finish(launcher, 60)
+    assert code == 0, out
+    assert time.monotonic() - t0 < 30
+    rec = exp.get(job)
+    assert rec.status == "pending" and rec.preemptions == 1 and rec.resume_from, rec.history

@@ -178,3 +178,20 @@ def test_slurm_submit_dry_run_is_a_valid_script_and_submit_shows_in_status(slurm
     assert wait_done(slurm, slurm_id)[0] == "COMPLETED"
     completed_once(exp)
     assert "completed" in run_cli("status", base=base, SLURM_CONF=CONF).stdout.split(slurm_id)[1].splitlines()[0]
+
+
+def test_requeue_allocation_restarts_the_same_slurm_job_which_resumes(slurm, base):
+    exp = Experiment(base, "exp")
+    job_id = exp.submit(str(EXP_CONFIGS), "noop", "duration=6 steps=60").submitted[0].id
+    alloc = sbatch(slurm, base, "--gres=none", "--cpus-per-task=1",
+                   launcher_args=["--workers", "1", "--idle-timeout", "1", "--requeue-allocation"])
+    wait_for(lambda: exp.get(job_id).status == "running", 60, what="job running")
+    time.sleep(1.5)
+    sh(slurm, "scancel", "-b", "-s", "USR1", alloc)
+    wait_for(lambda: exp.get(job_id).preemptions == 1, 60, what="job handed back")
+    # The same SLURM job id runs again (SLURM_RESTART_COUNT=1) and finishes the job from its checkpoint.
+    state, _ = wait_done(slurm, alloc, timeout=180)
+    assert state == "COMPLETED"
+    rec = exp.get(job_id)
+    assert rec.status == "completed" and rec.result["metrics"]["start_step"] > 0, rec.history
+    assert "restart 1" in (exp.store.logs_dir / f"slurm-{alloc}.out").read_text()
