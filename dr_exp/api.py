@@ -6,6 +6,7 @@ The CLI and the worker both go through :class:`Experiment`; nothing here prints.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 import uuid
@@ -25,6 +26,8 @@ DEFAULT_BASE_PATH = "./dr_exp_runs"
 DEFAULT_EXPERIMENT = "default"
 DEFAULT_LEASE_SECONDS = 60.0
 DEFAULT_HEARTBEAT_SECONDS = 10.0
+# After a lost race a worker claims a random one of this many queue heads (same priority).
+CLAIM_WINDOW = 16
 
 
 def env_float(name: str, default: float) -> float:
@@ -77,6 +80,7 @@ class Experiment:
         self._batch: deque[str] = deque()
         self._hostname = socket.gethostname()
         self._listed_at = 0.0
+        self._contended = False
 
     # -- submitting ----------------------------------------------------------------------------
     def submit(self, config_path: str, config_name: str, overrides: str | list[str] | None = None,
@@ -250,12 +254,31 @@ class Experiment:
                 relisted = True
                 if not self._batch:
                     return None
-            name = self._batch.popleft()
+            name = self._next_marker()
             if not self.store.take_marker(name):
-                continue  # another worker won this one
+                self._contended = True  # another worker won this one
+                continue
+            self._contended = False
             rec = self._start_claimed(name, worker_id, lease_seconds)
             if rec is not None:
                 return rec
+
+    def _next_marker(self) -> str:
+        """The head of the batch; right after losing a race, a random one of the first few of
+        the head's priority instead. Workers list the same queue in the same order, so without
+        this they move in lockstep and collide on every marker."""
+        batch = self._batch
+        if self._contended and len(batch) > 1:
+            prio = batch[0][:4]
+            span = 1
+            while span < min(len(batch), CLAIM_WINDOW) and batch[span][:4] == prio:
+                span += 1
+            pick = random.randrange(span)
+            if pick:
+                name = batch[pick]
+                del batch[pick]
+                return name
+        return batch.popleft()
 
     def claim_job(self, job_id: str, worker_id: str, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> JobRecord:
         """Claim one particular pending job (``job run-one``), through the same steps as :meth:`claim`."""
@@ -294,7 +317,7 @@ class Experiment:
                 # No fsync here: the write is still atomic (readers on any node see the old or
                 # the new record), and if a power loss drops it, the job reads as pending with
                 # a lease that will expire -- exactly a claimer that died, which recovery re-queues.
-                store.write_record(rec, durable=False, via=store.spare_path(job_id))
+                store.write_record(rec, durable=False, via=store.spare_path(job_id), keep_old=True)
                 return rec
         except FileNotFoundError:
             return None
@@ -314,8 +337,8 @@ class Experiment:
             transition(rec, status, reason, **fields)
             # The lease file becomes the new record (rewritten, fsynced, renamed into jobs/):
             # one rename instead of creating a temp file and then unlinking the lease.
-            store.write_record(rec, via=store.lease_path(job_id))
-            store.remove_lease(job_id)
+            if not store.write_record(rec, via=store.lease_file(job_id)):
+                store.remove_lease(job_id)
             if status == Status.PENDING:
                 store.add_marker(rec)
         return rec

@@ -111,13 +111,15 @@ class JobRecord:
         version = data.get("version", RECORD_VERSION)
         if version > RECORD_VERSION:
             raise ValueError(f"record version {version} is newer than this dr_exp ({RECORD_VERSION}); upgrade dr_exp")
-        known = {f.name for f in dataclasses.fields(cls)}
-        missing = {"id", "experiment", "config"} - data.keys()
+        missing = _REQUIRED_FIELDS - data.keys()
         if missing:
             raise ValueError(f"record lacks {', '.join(sorted(missing))}")
-        if data.get("status") not in {s.value for s in Status}:
+        if data.get("status") not in _STATUS_VALUES:
             raise ValueError(f"unknown status {data.get('status')!r}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in _FIELD_SET})
 
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(JobRecord))
+_FIELD_SET = frozenset(_FIELD_NAMES)
+_REQUIRED_FIELDS = frozenset({"id", "experiment", "config"})
+_STATUS_VALUES = frozenset(s.value for s in Status)

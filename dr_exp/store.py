@@ -3,10 +3,11 @@
 Layout (``<base>/<experiment>/``)::
 
     jobs/<id>.json      the canonical record
+    jobs/.<id>.spare    empty until the first claim, then the record as it was before it
     queue/<marker>      one empty file per claimable job; names sort in claim order
     claimed/<marker>    a marker a worker has taken, until the record says ``running``
     leases/<id>.json    heartbeat of a running job; its mtime is the heartbeat
-    locks/<id>.lock     flock for read-modify-write of one record
+    locks/<xx>.lock     flock for read-modify-write of a record (256 stripes by id prefix)
     index/<hash>        config hash -> job id, for dedup
     quarantine/         records that would not parse
     storage/run_<id>/   run directories
@@ -19,11 +20,13 @@ of which are atomic on local disks and on NFS.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import re
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -65,22 +68,86 @@ def atomic_write(path: str | os.PathLike[str], data: str | bytes, durable: bool 
 
 
 def replace_with(spare: str | os.PathLike[str], path: str | os.PathLike[str], data: str | bytes,
-                 durable: bool = True) -> bool:
-    """Like :func:`atomic_write`, but reuses an existing private file ``spare`` as the temp file
-    (rewritten, then renamed over ``path``). Creating a file is the slowest step of a record
-    update on many disks; renaming is cheap. Returns False if ``spare`` does not exist."""
+                 durable: bool = True, keep_old: bool = False) -> bool:
+    """Like :func:`atomic_write`, but uses an existing private file ``spare`` as the temp file
+    (overwritten in place, then renamed over ``path``). Returns False if ``spare`` does not
+    exist, or, with ``keep_old``, if it is not empty.
+
+    Creating a file and freeing a file's blocks are the slowest steps of a record update on many
+    disks (on a disk mounted with ``discard`` every freed block is trimmed); renaming is cheap. So
+    the spare is overwritten from offset 0 and cut to length rather than opened with O_TRUNC,
+    which would free its block only to allocate another. Nobody may depend on reading the spare
+    while it is rewritten: it is private, or a lease, whose readers treat unreadable content as
+    none.
+
+    ``keep_old`` swaps the two names instead of renaming (:func:`exchange`), so the old ``path``
+    is kept at ``spare`` rather than freed. Such a file has been public (a reader may still hold
+    it open), so it is never written again: ``keep_old`` only uses an empty spare.
+    """
     try:
-        fd = os.open(spare, os.O_WRONLY | os.O_TRUNC)
+        fd = os.open(spare, os.O_WRONLY)
     except FileNotFoundError:
         return False
     try:
-        os.write(fd, data.encode() if isinstance(data, str) else data)
+        if keep_old and os.fstat(fd).st_size:
+            return False
+        payload = data.encode() if isinstance(data, str) else data
+        written = os.pwrite(fd, payload, 0)
+        if written != len(payload):
+            raise OSError(errno.EIO, f"short write to {os.fspath(spare)}")
+        os.ftruncate(fd, len(payload))
         if durable:
             os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(spare, path)
+    if not (keep_old and exchange(spare, path)):
+        os.replace(spare, path)
     return True
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_renameat2: Any = None  # resolved on first use; False where the C library lacks it
+
+
+def exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Atomically swap two existing paths (Linux ``renameat2(RENAME_EXCHANGE)``). Returns False
+    where the system or the filesystem cannot (e.g. NFS, or not Linux); the caller renames
+    instead. Other errors (a missing path) raise as :func:`os.rename` would."""
+    global _renameat2
+    if _renameat2 is None:
+        _renameat2 = False
+        if sys.platform.startswith("linux"):
+            try:
+                fn = ctypes.CDLL(None, use_errno=True).renameat2
+            except (OSError, AttributeError):
+                pass
+            else:
+                fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+                fn.restype = ctypes.c_int
+                _renameat2 = fn
+    if not _renameat2:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(a), None, os.fspath(b))
+
+
+def read_bytes(path: str) -> bytes:
+    """A whole small file, read with bare system calls (no buffered file object)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            chunks.append(chunk)
+            if len(chunk) < 65536:  # a short read of a regular file is its end
+                return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def append_line(path: str | os.PathLike[str], obj: dict[str, Any]) -> None:
@@ -175,6 +242,9 @@ class ExperimentStore:
         self.root = self.base_path / self.experiment
         for sub in SUBDIRS:
             setattr(self, f"{sub}_dir", self.root / sub)
+        # Plain strings for the claim path, where building Path objects showed up in profiles.
+        self._jobs, self._queue, self._claimed, self._leases, self._locks = (
+            str(self.root / sub) for sub in ("jobs", "queue", "claimed", "leases", "locks"))
         self._hostname = socket.gethostname()
 
     # -- setup ---------------------------------------------------------------------------
@@ -211,11 +281,14 @@ class ExperimentStore:
     def lease_path(self, job_id: str) -> Path:
         return self.leases_dir / f"{job_id}.json"
 
+    def lease_file(self, job_id: str) -> str:
+        return f"{self._leases}/{job_id}.json"
+
     def lock(self, job_id: str, timeout: float = 60.0) -> "RecordLock":
         """The lock guarding ``job_id``'s record. Locks are striped over 256 files (by the
         id's first two hex digits): creating a file costs far more than locking one, and
         locks are held for a read-modify-write only, so sharing a stripe costs nothing."""
-        return RecordLock(self.locks_dir / f"{job_id[:2]}.lock", timeout)
+        return RecordLock(f"{self._locks}/{job_id[:2]}.lock", timeout)
 
     # -- job ids -----------------------------------------------------------------------------
     def resolve_job_id(self, job_id: str) -> str:
@@ -236,31 +309,37 @@ class ExperimentStore:
         raise StorageError(f"job id prefix {job_id!r} is ambiguous ({len(matches)} jobs); give more characters")
 
     # -- records -------------------------------------------------------------------------------
-    def spare_path(self, job_id: str) -> Path:
-        return self.jobs_dir / f".{job_id}.spare"
+    def spare_path(self, job_id: str) -> str:
+        return f"{self._jobs}/.{job_id}.spare"
 
-    def write_record(self, record: JobRecord, durable: bool = True, via: str | os.PathLike[str] | None = None) -> None:
+    def write_record(self, record: JobRecord, durable: bool = True, via: str | os.PathLike[str] | None = None,
+                     keep_old: bool = False) -> bool:
         """Write the record atomically; ``via`` names an existing private file to use as the
-        temp file (see :func:`replace_with`), falling back to a fresh one."""
+        temp file (see :func:`replace_with`), falling back to a fresh one. True if ``via`` was
+        used."""
         data = record.to_json()
-        if via is None or not replace_with(via, self.record_path(record.id), data, durable):
-            atomic_write(self.record_path(record.id), data, durable=durable)
+        path = f"{self._jobs}/{record.id}.json"
+        if via is not None and replace_with(via, path, data, durable, keep_old):
+            return True
+        atomic_write(path, data, durable=durable)
+        return False
 
     def make_spare(self, job_id: str) -> None:
-        """An empty private file that the job's first claim writes its record through."""
+        """An empty private file that the job's first claim writes its record through. The claim
+        swaps it with the pending record, which then stays at the spare's name, so claiming
+        frees no file (see :func:`replace_with`); later claims write through a fresh file."""
         os.close(os.open(self.spare_path(job_id), os.O_WRONLY | os.O_CREAT, 0o644))
 
     def read_record(self, job_id: str) -> JobRecord:
-        path = self.record_path(job_id)
+        path = f"{self._jobs}/{job_id}.json"
         try:
-            with open(path, "rb") as fh:
-                raw = fh.read()
+            raw = read_bytes(path)
         except FileNotFoundError:
             raise JobNotFound(job_id, str(self.root)) from None
         try:
             return JobRecord.from_dict(json.loads(raw))
         except (ValueError, TypeError) as exc:
-            raise CorruptRecord(str(path), str(exc)) from None
+            raise CorruptRecord(path, str(exc)) from None
 
     def quarantine(self, path: str | os.PathLike[str], reason: str) -> Path:
         """Move an unreadable file aside so it never blocks a worker or a listing."""
@@ -304,9 +383,16 @@ class ExperimentStore:
         return sorted(n for n in self.list_dir(self.queue_dir) if not n.startswith("."))
 
     def take_marker(self, name: str) -> bool:
-        """Move a marker from queue/ to claimed/. Exactly one caller wins."""
+        """Move a marker from queue/ to claimed/. Exactly one caller wins.
+
+        Workers list the same queue, so many markers in a worker's batch are taken by others
+        before it reaches them. They are looked up first: a failed rename costs more than a
+        lookup, as the kernel serialises cross-directory renames per filesystem."""
+        src = f"{self._queue}/{name}"
+        if not os.path.lexists(src):
+            return False
         try:
-            os.rename(self.queue_dir / name, self.claimed_dir / name)
+            os.rename(src, f"{self._claimed}/{name}")
             return True
         except FileNotFoundError:
             return False
@@ -339,9 +425,9 @@ class ExperimentStore:
             "attempt": attempt,
             "created_at": time.time(),
         }
-        path = self.lease_path(job_id)
+        path = f"{self._leases}/{job_id}.json"
         if claimed_marker is not None:
-            os.rename(self.claimed_dir / claimed_marker, path)
+            os.rename(f"{self._claimed}/{claimed_marker}", path)
         # A lease is a heartbeat, not a durable fact: losing it in a crash only makes the job
         # look expired sooner, so it is written in place without fsync (readers treat a torn
         # lease as content-less; its mtime is what counts, and this write sets it to now).

@@ -80,6 +80,17 @@ def validate(exp: Experiment, fix: bool = False) -> Report:
         for job_id, what in exp.recover(full_scan=True):
             report.fixed.append(f"recovered {job_id}: {what}")
 
+    for name in store.list_dir(store.jobs_dir):
+        if name.startswith(".") and name.endswith(".spare"):
+            job_id = name[1:-len(".spare")]
+            if not store.record_path(job_id).exists():
+                report.problems.append(f"spare file {name} of a job that has no record")
+                if fix:
+                    with store.lock(job_id):
+                        if not store.record_path(job_id).exists():
+                            (store.jobs_dir / name).unlink(missing_ok=True)
+                            report.fixed.append(f"removed {name}")
+
     now = time.time()
     for directory in (store.jobs_dir, store.index_dir, store.leases_dir):
         for name in store.list_dir(directory):

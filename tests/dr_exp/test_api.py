@@ -139,3 +139,49 @@ def test_experiment_name_cannot_leave_base(base):
     for bad in ("../x", "/abs", "a/b", ".hidden", ""):
         with pytest.raises(DrExpError):
             Experiment(base, bad or "..")
+
+
+def _spare_bytes(exp, job_id):
+    return open(exp.store.spare_path(job_id), "rb").read()
+
+
+def test_a_record_that_was_public_is_never_rewritten(exp):
+    """Updates swap a private file into place; a reader holding the old record keeps reading
+    exactly what it opened, through claims, re-queues and completion."""
+    rec = exp.submit_configs([NOOP]).submitted[0]
+    assert _spare_bytes(exp, rec.id) == b""  # the unused spare is empty
+    with open(exp.store.record_path(rec.id), "rb") as reader:
+        pending = exp.store.record_path(rec.id).read_bytes()
+        claimed = exp.claim("w1")
+        assert exp.get(rec.id).status == "running"
+        kept = _spare_bytes(exp, rec.id)
+        if kept:  # the filesystem swapped the names: the pending record stays at the spare
+            assert kept == pending
+        exp.finish(rec.id, "w1", claimed.attempts, Status.PENDING, "pre-empted", preemptions=1)
+        again = exp.claim("w2")  # the spare is not empty now: a fresh file is used
+        assert again.id == rec.id and again.attempts == 2 and exp.get(rec.id).worker_id == "w2"
+        assert _spare_bytes(exp, rec.id) == kept
+        exp.finish(rec.id, "w2", 2, Status.COMPLETED, result={"metrics": {"m": 1}})
+        assert reader.read() == pending
+    assert exp.get(rec.id).status == "completed"
+    assert not exp.store.lease_path(rec.id).exists()
+    assert [p.name for p in exp.store.jobs_dir.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_exchange_swaps_and_falls_back(exp, tmp_path, monkeypatch):
+    from dr_exp import store
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_text("A")
+    b.write_text("B")
+    if store.exchange(a, b):  # Linux on a local filesystem
+        assert (a.read_text(), b.read_text()) == ("B", "A")
+        with pytest.raises(FileNotFoundError):
+            store.exchange(a, tmp_path / "missing")
+    # Where the system cannot swap (NFS, not Linux) a claim renames and frees the old record.
+    monkeypatch.setattr(store, "_renameat2", False)
+    assert store.exchange(a, b) is False
+    rec = exp.submit_configs([NOOP]).submitted[0]
+    assert exp.claim("w").id == rec.id and exp.get(rec.id).status == "running"
+    assert not os.path.exists(exp.store.spare_path(rec.id))
+    assert exp.finish(rec.id, "w", 1, Status.COMPLETED).status == "completed"

@@ -50,8 +50,10 @@ def test_validate_reports_and_fixes(base):
     proc = run_cli("validate", base=base)
     assert proc.returncode == 1
     assert "quarantined unreadable record" in proc.stdout and "orphan lease" in proc.stdout
+    spare = root / "jobs" / f".{records[0].stem}.spare"
+    assert spare.exists() and f"spare file {spare.name} of a job that has no record" in proc.stdout
     fixed = ok(run_cli("validate", "--fix", base=base))
-    assert "fixed:" in fixed
+    assert "fixed:" in fixed and not spare.exists()
     assert "no problems found" in ok(run_cli("validate", base=base))
 
 
