@@ -75,8 +75,7 @@ def replace_with(spare: str | os.PathLike[str], path: str | os.PathLike[str], da
 
     Creating a file and freeing a file's blocks are the slowest steps of a record update on many
     disks (on a disk mounted with ``discard`` every freed block is trimmed); renaming is cheap. So
-    the spare is overwritten from offset 0 and cut to length rather than opened with O_TRUNC,
-    which would free its block only to allocate another. Nobody may depend on reading the spare
+    the spare is overwritten in place (:func:`overwrite`). Nobody may depend on reading the spare
     while it is rewritten: it is private, or a lease, whose readers treat unreadable content as
     none.
 
@@ -89,19 +88,29 @@ def replace_with(spare: str | os.PathLike[str], path: str | os.PathLike[str], da
     except FileNotFoundError:
         return False
     try:
-        if keep_old and os.fstat(fd).st_size:
+        if not overwrite(fd, data.encode() if isinstance(data, str) else data, spare, empty_only=keep_old):
             return False
-        payload = data.encode() if isinstance(data, str) else data
-        written = os.pwrite(fd, payload, 0)
-        if written != len(payload):
-            raise OSError(errno.EIO, f"short write to {os.fspath(spare)}")
-        os.ftruncate(fd, len(payload))
         if durable:
             os.fsync(fd)
     finally:
         os.close(fd)
     if not (keep_old and exchange(spare, path)):
         os.replace(spare, path)
+    return True
+
+
+def overwrite(fd: int, payload: bytes, path: str | os.PathLike[str], empty_only: bool = False) -> bool:
+    """Make an open file hold exactly ``payload``, keeping its blocks: write from offset 0 and
+    cut any longer old content. Not O_TRUNC: truncating frees the blocks, and on ext4 truncating
+    to zero also makes close() start writeback. With ``empty_only``, does nothing and returns
+    False unless the file is empty."""
+    size = os.fstat(fd).st_size
+    if empty_only and size:
+        return False
+    if os.pwrite(fd, payload, 0) != len(payload):
+        raise OSError(errno.EIO, f"short write to {os.fspath(path)}")
+    if size > len(payload):
+        os.ftruncate(fd, len(payload))
     return True
 
 
@@ -431,9 +440,9 @@ class ExperimentStore:
         # A lease is a heartbeat, not a durable fact: losing it in a crash only makes the job
         # look expired sooner, so it is written in place without fsync (readers treat a torn
         # lease as content-less; its mtime is what counts, and this write sets it to now).
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
-            os.write(fd, json.dumps(lease).encode())
+            overwrite(fd, json.dumps(lease).encode(), path)
         finally:
             os.close(fd)
 

@@ -185,3 +185,18 @@ def test_exchange_swaps_and_falls_back(exp, tmp_path, monkeypatch):
     assert exp.claim("w").id == rec.id and exp.get(rec.id).status == "running"
     assert not os.path.exists(exp.store.spare_path(rec.id))
     assert exp.finish(rec.id, "w", 1, Status.COMPLETED).status == "completed"
+
+
+def test_overwrite_keeps_exactly_the_new_content(tmp_path):
+    from dr_exp.store import overwrite
+
+    path = tmp_path / "f"
+    path.write_bytes(b"a long old content")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        assert overwrite(fd, b"short", path) and path.read_bytes() == b"short"
+        assert overwrite(fd, b"longer than before", path) and path.read_bytes() == b"longer than before"
+        assert overwrite(fd, b"x", path, empty_only=True) is False
+        assert path.read_bytes() == b"longer than before"
+    finally:
+        os.close(fd)
