@@ -276,6 +276,10 @@ class ExperimentStore:
         try:
             for sub in SUBDIRS:
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
+            if not os.path.exists(f"{self._locks}/ff.lock"):
+                # All lock stripes up front, so that no claim pays for creating one.
+                for stripe in range(256):
+                    os.close(os.open(f"{self._locks}/{stripe:02x}.lock", os.O_WRONLY | os.O_CREAT, 0o644))
         except OSError as exc:
             raise StorageError(f"base path {self.base_path} is not writable: cannot create {self.root} "
                                f"({exc.strerror}); pass a writable --base-path") from None
