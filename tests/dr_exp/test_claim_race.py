@@ -1,5 +1,7 @@
-"""Real processes race to claim one queue: every job is claimed exactly once, none is lost."""
+"""Real processes race to claim one queue: every job is claimed exactly once, none is lost, and
+a process listing the records meanwhile never finds one unreadable or going back in time."""
 
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -22,9 +24,15 @@ def test_six_processes_claim_each_job_exactly_once(base, round_):
     go = base / "go"
     procs = [subprocess.Popen([sys.executable, "-m", "tests.dr_exp.claimer", str(base), exp.name, f"w{i}",
                                str(go), str(base / f"won{i}.txt")], cwd=REPO) for i in range(N_PROCS)]
+    lister = subprocess.Popen([sys.executable, "-m", "tests.dr_exp.lister", str(base), exp.name, str(N_JOBS),
+                               str(go), str(base / "listed.json")], cwd=REPO)
     go.touch()
-    for p in procs:
+    for p in procs + [lister]:
         assert p.wait(timeout=200) == 0
+    listed = json.loads((base / "listed.json").read_text())
+    assert listed["problems"] == [] and listed["backwards"] == [], listed
+    assert listed["passes"] >= 2, listed
+    assert not any(exp.store.quarantine_dir.iterdir())
     won = Counter()
     per_proc = []
     for i in range(N_PROCS):
