@@ -19,7 +19,7 @@ from typing import Any
 from dr_exp import compose as _compose
 from dr_exp.errors import CorruptRecord, DrExpError, JobNotFound, StorageError
 from dr_exp.job import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, JobRecord
-from dr_exp.state import ACTIVE, Status, transition
+from dr_exp.state import Status, transition
 from dr_exp.store import ExperimentStore
 
 DEFAULT_BASE_PATH = "./dr_exp_runs"

@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import json
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,10 +19,6 @@ DEFAULT_MAX_ATTEMPTS = 3
 # Keys that change how a run is scheduled or resumed, not what it computes; they do not
 # take part in the config hash that identifies a run.
 RUNTIME_KEYS = frozenset({"resume_from", "timeout", "max_attempts", "job_id", "worker_id", "storage_path"})
-
-
-def new_job_id() -> str:
-    return str(uuid.uuid4())
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -39,7 +39,6 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.CANCELLED: frozenset({Status.PENDING}),
 }
 
-ACTIVE = frozenset({Status.PENDING, Status.RUNNING})
 FINISHED = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
 HISTORY_LIMIT = 50
 

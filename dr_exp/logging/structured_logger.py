@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from dr_exp.store import append_line, atomic_write, read_jsonl
+from dr_exp.store import append_line, atomic_write
 
 
 class StructuredLogger:
@@ -47,22 +47,3 @@ class StructuredLogger:
         atomic_write(self.error_path, text + "\n" + tb)
         self.log_event("failed", {"error_type": type(error).__name__, "message": str(error)[:500],
                                   **(context or {})})
-
-    def read_metrics(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.metrics_path)
-
-    def read_events(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.events_path)
-
-    def get_summary(self) -> dict[str, Any]:
-        """Last value of every metric, the number of metric rows, and event counts."""
-        rows = self.read_metrics()
-        last: dict[str, Any] = {}
-        for row in rows:
-            for key, value in row.items():
-                if key != "time" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    last[key] = value
-        events: dict[str, int] = {}
-        for ev in self.read_events():
-            events[ev.get("event", "?")] = events.get(ev.get("event", "?"), 0) + 1
-        return {"job_id": self.job_id, "metrics": last, "metric_rows": len(rows), "events": events}

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from decon_cnn.train import train
-from tests.conftest import REPO
 from tests.decon_cnn.conftest import MemoryLogger
 
 pytestmark = pytest.mark.timeout(300)

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import EXP_CONFIGS, REPO, run_cli, snapshot
+from tests.conftest import REPO, run_cli, snapshot
 
 
 def ok(proc):
