@@ -292,7 +292,7 @@ class ExperimentStore:
         return self.storage_dir / f"run_{job_id}"
 
     def lease_path(self, job_id: str) -> Path:
-        return self.leases_dir / f"{job_id}.json"
+        return Path(self.lease_file(job_id))
 
     def lease_file(self, job_id: str) -> str:
         return f"{self._leases}/{job_id}.json"
@@ -452,15 +452,15 @@ class ExperimentStore:
 
     def read_lease(self, job_id: str) -> tuple[dict[str, Any], float] | None:
         """The lease's content and its mtime (stamped by the file server), or None."""
-        path = self.lease_path(job_id)
+        path = self.lease_file(job_id)
         try:
             mtime = os.stat(path).st_mtime
-            with open(path, "rb") as fh:
-                return json.loads(fh.read()), mtime
+            content = json.loads(read_bytes(path))
         except FileNotFoundError:
             return None
         except ValueError:
             return {}, mtime
+        return (content if isinstance(content, dict) else {}), mtime
 
     def touch_lease(self, job_id: str) -> bool:
         """Refresh a lease's mtime; False if the lease is gone (the job was taken away)."""
