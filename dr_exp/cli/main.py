@@ -7,7 +7,7 @@ import sys
 import click
 
 from dr_exp import __version__
-from dr_exp.api import Experiment
+from dr_exp.api import DEFAULT_BASE_PATH, DEFAULT_EXPERIMENT, Experiment
 from dr_exp.cli.output import print_table
 from dr_exp.errors import DrExpError
 
@@ -29,9 +29,9 @@ pass_ctx = click.make_pass_decorator(Context)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--base-path", envvar="DR_EXP_BASE_PATH", default="./dr_exp_runs", show_default=True,
+@click.option("--base-path", envvar="DR_EXP_BASE_PATH", default=DEFAULT_BASE_PATH, show_default=True,
               help="Directory holding experiments (env DR_EXP_BASE_PATH).")
-@click.option("--experiment", envvar="DR_EXP_EXPERIMENT", default="default", show_default=True,
+@click.option("--experiment", envvar="DR_EXP_EXPERIMENT", default=DEFAULT_EXPERIMENT, show_default=True,
               help="Experiment name (env DR_EXP_EXPERIMENT).")
 @click.version_option(__version__, prog_name="dr_exp")
 @click.pass_context
