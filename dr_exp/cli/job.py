@@ -12,14 +12,15 @@ from dr_exp.api import SubmitResult
 from dr_exp.cli.main import Context, cli, pass_ctx
 from dr_exp.cli.output import fmt_time, print_json, print_table
 from dr_exp.errors import DrExpError
+from dr_exp.job import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY
 from dr_exp.results import params_of
 from dr_exp.state import Status
 
 _SUBMIT_OPTIONS = [
-    click.option("--priority", type=int, default=100, show_default=True, help="0-1000; higher runs first, FIFO among equals."),
+    click.option("--priority", type=int, default=DEFAULT_PRIORITY, show_default=True, help="0-1000; higher runs first, FIFO among equals."),
     click.option("--tags", default=None, help="Comma-separated tags, e.g. baseline,seed-study."),
     click.option("--force", is_flag=True, help="Submit even if an identical run is pending, running or done."),
-    click.option("--max-attempts", type=int, default=None, help="Attempts before a job is failed (default 3)."),
+    click.option("--max-attempts", type=int, default=None, help=f"Attempts before a job is failed (default {DEFAULT_MAX_ATTEMPTS})."),
     click.option("--timeout", type=float, default=None, help="Seconds an attempt may run before it is failed."),
 ]
 
