@@ -200,3 +200,14 @@ def test_overwrite_keeps_exactly_the_new_content(tmp_path):
         assert path.read_bytes() == b"longer than before"
     finally:
         os.close(fd)
+
+
+def test_after_a_lost_race_the_pick_stays_within_the_head_priority(base):
+    for k in range(10):  # the pick after a lost race is random: repeat
+        exp = Experiment(base, f"prio{k}")
+        high = [r.id for r in exp.submit_configs([{**NOOP, "i": i} for i in range(3)], priority=900).submitted]
+        exp.submit_configs([{**NOOP, "i": i} for i in range(3, 40)], priority=10)
+        a = Experiment(base, exp.name)
+        assert a.claim("a").id == high[0]  # a now holds the listed batch
+        assert Experiment(base, exp.name).claim("b").id == high[1]  # b wins a's next marker
+        assert a.claim("a").id == high[2]  # a loses the race on it; no low-priority job jumps ahead
