@@ -21,6 +21,7 @@ def test_submit_composes_and_writes_record(exp):
     assert data["status"] == "pending" and data["priority"] == 7 and data["tags"] == ["a", "b"]
     assert data["storage_path"].endswith(f"storage/run_{rec.id}")
     assert len(exp.store.list_markers()) == 1
+    assert len(list(exp.store.locks_dir.iterdir())) == 256  # lock stripes exist before any claim
 
 
 def test_dedup_skips_active_or_completed_unless_forced(exp):
