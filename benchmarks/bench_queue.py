@@ -42,13 +42,13 @@ def claim_latency(base: Path, sizes: tuple[int, ...], samples: int) -> list[dict
         exp.claim("warm")
     times: list[list[float]] = [[] for _ in sizes]
     for _ in range(samples):
-        for exp, out in zip(exps, times):
+        for exp, out in zip(exps, times, strict=False):
             t0 = time.perf_counter()
             rec = exp.claim("w", refresh_seconds=2.0)
             out.append((time.perf_counter() - t0) * 1000)
             assert rec is not None
     return [{"pending": n, "claims": samples, "p50_ms": f"{pct(t, 50):.3f}", "p99_ms": f"{pct(t, 99):.3f}",
-             "max_ms": f"{max(t):.2f}", "relist_ms": f"{r:.1f}"} for n, t, r in zip(sizes, times, relist)]
+             "max_ms": f"{max(t):.2f}", "relist_ms": f"{r:.1f}"} for n, t, r in zip(sizes, times, relist, strict=False)]
 
 
 def _drain(base: str, name: str, wid: str, go, counter, swap: bool) -> None:

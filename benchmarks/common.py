@@ -27,7 +27,7 @@ def machine() -> str:
 
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
@@ -51,4 +51,4 @@ def populate(exp: Experiment, n: int) -> None:
     os.sync()
 
 
-__all__ = ["machine", "pct", "table", "populate"]
+__all__ = ["machine", "pct", "populate", "table"]

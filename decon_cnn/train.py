@@ -48,7 +48,7 @@ def resolve_trainer_kwargs(trainer_cfg: Any) -> dict[str, Any]:
     strategy = str(kw.get("strategy", "auto"))
     devices = kw.get("devices", 1)
     n_devices = len(devices) if isinstance(devices, (list, tuple)) else (devices if isinstance(devices, int) else None)
-    if strategy.startswith("ddp") and (n_devices == 1 or not on_gpu and n_devices in (None, 1)):
+    if strategy.startswith("ddp") and (n_devices == 1 or (not on_gpu and n_devices in (None, 1))):
         _warn(f"trainer.strategy={strategy} with one device; falling back to strategy=auto")
         kw["strategy"] = "auto"
     return kw

@@ -54,7 +54,8 @@ class SubmitResult:
 
 def _check_priority(priority: int) -> int:
     if not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
-        raise DrExpError(f"priority {priority!r} is out of range; use an integer from {MIN_PRIORITY} to {MAX_PRIORITY} (higher runs first)")
+        raise DrExpError(f"priority {priority!r} is out of range; "
+                         f"use an integer from {MIN_PRIORITY} to {MAX_PRIORITY} (higher runs first)")
     return priority
 
 

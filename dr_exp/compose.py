@@ -92,7 +92,7 @@ def check_target(config: dict[str, Any], where: str) -> None:
     try:
         if not callable(_locate(target)):
             raise TypeError(f"{target} is not callable")
-    except Exception as exc:  # Hydra wraps ImportError/AttributeError in its own types
+    except Exception as exc:  # noqa: BLE001 - Hydra wraps ImportError/AttributeError in its own types
         raise ConfigError(
             f"_target_ {target!r} of {where} does not import ({_one_line(exc)}); "
             "check the spelling and that its package is installed"

@@ -44,3 +44,13 @@ class CorruptRecord(Exception):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class CorruptFile(DrExpError):
+    """A file of the experiment is damaged (e.g. a JSONL line in the middle that does not
+    parse). Readers that can go on describe it instead of raising."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{message}; the file was damaged (disk full or a crash?): "
+                         "inspect it, or move it aside to start it afresh")
+        self.path = path

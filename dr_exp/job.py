@@ -100,7 +100,7 @@ class JobRecord:
         return json.dumps(self.to_dict(), default=str) + "\n"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "JobRecord":
+    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
         if not isinstance(data, dict):
             raise ValueError("record is not a JSON object")
         version = data.get("version", RECORD_VERSION)

@@ -39,7 +39,7 @@ class SlurmRequest:
     idle_timeout: float = 600.0
     extra_sbatch: list[str] = field(default_factory=list)
 
-    def validate(self) -> "SlurmRequest":
+    def validate(self) -> SlurmRequest:
         if self.array < 1:
             raise DrExpError(f"--array {self.array} must be at least 1")
         if self.gpus_per_job < 0 or self.workers_per_gpu < 1 or self.workers < 1 or self.cpus_per_task < 1:
@@ -137,4 +137,4 @@ def allocation_status(exp: Experiment) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["SlurmRequest", "render_script", "submit", "allocation_status"]
+__all__ = ["SlurmRequest", "allocation_status", "render_script", "submit"]

@@ -43,7 +43,7 @@ FINISHED = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
 HISTORY_LIMIT = 50
 
 
-def transition(record: "JobRecord", new: Status | str, reason: str = "", **fields: object) -> None:
+def transition(record: JobRecord, new: Status | str, reason: str = "", **fields: object) -> None:
     """Move ``record`` to ``new`` if the table allows it, and append to its history.
 
     Extra ``fields`` are set on the record in the same step (e.g. ``worker_id``).

@@ -20,24 +20,21 @@ of which are atomic on local disks and on NFS.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
 import re
 import socket
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import errno
-import fcntl
-
 from dr_exp.errors import CorruptRecord, JobNotFound, StorageError
+from dr_exp.fileio import append_line, atomic_write, exchange, overwrite, read_bytes, read_jsonl, replace_with  # noqa: F401
 from dr_exp.job import JobRecord
+from dr_exp.layout import validate_name
+from dr_exp.lock import RecordLock
 
 log = logging.getLogger(__name__)
 
@@ -45,201 +42,6 @@ SUBDIRS = ("jobs", "queue", "claimed", "leases", "locks", "index", "quarantine",
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _JOB_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _JOB_PREFIX_RE = re.compile(r"^[0-9a-f-]{4,36}$")
-
-
-def atomic_write(path: str | os.PathLike[str], data: str | bytes, durable: bool = True) -> None:
-    """Write ``path`` whole or not at all: temp file in the same directory, fsync, rename."""
-    path = os.fspath(path)
-    directory, name = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-            fh.flush()
-            if durable:
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def replace_with(spare: str | os.PathLike[str], path: str | os.PathLike[str], data: str | bytes,
-                 durable: bool = True, keep_old: bool = False) -> bool:
-    """Like :func:`atomic_write`, but uses an existing private file ``spare`` as the temp file
-    (overwritten in place, then renamed over ``path``). Returns False if ``spare`` does not
-    exist, or, with ``keep_old``, if it is not empty.
-
-    Creating a file and freeing a file's blocks are the slowest steps of a record update on many
-    disks (on a disk mounted with ``discard`` every freed block is trimmed); renaming is cheap. So
-    the spare is overwritten in place (:func:`overwrite`). Nobody may depend on reading the spare
-    while it is rewritten: it is private, or a lease, whose readers treat unreadable content as
-    none.
-
-    ``keep_old`` swaps the two names instead of renaming (:func:`exchange`), so the old ``path``
-    is kept at ``spare`` rather than freed. Such a file has been public (a reader may still hold
-    it open), so it is never written again: ``keep_old`` only uses an empty spare.
-    """
-    try:
-        fd = os.open(spare, os.O_WRONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        if not overwrite(fd, data.encode() if isinstance(data, str) else data, spare, empty_only=keep_old):
-            return False
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    if not (keep_old and exchange(spare, path)):
-        os.replace(spare, path)
-    return True
-
-
-def overwrite(fd: int, payload: bytes, path: str | os.PathLike[str], empty_only: bool = False) -> bool:
-    """Make an open file hold exactly ``payload``, keeping its blocks: write from offset 0 and
-    cut any longer old content. Not O_TRUNC: truncating frees the blocks, and on ext4 truncating
-    to zero also makes close() start writeback. With ``empty_only``, does nothing and returns
-    False unless the file is empty."""
-    size = os.fstat(fd).st_size
-    if empty_only and size:
-        return False
-    if os.pwrite(fd, payload, 0) != len(payload):
-        raise OSError(errno.EIO, f"short write to {os.fspath(path)}")
-    if size > len(payload):
-        os.ftruncate(fd, len(payload))
-    return True
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-_renameat2: Any = None  # resolved on first use; False where the C library lacks it
-
-
-def exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
-    """Atomically swap two existing paths (Linux ``renameat2(RENAME_EXCHANGE)``). Returns False
-    where the system or the filesystem cannot (e.g. NFS, or not Linux); the caller renames
-    instead. Other errors (a missing path) raise as :func:`os.rename` would."""
-    global _renameat2
-    if _renameat2 is None:
-        _renameat2 = False
-        if sys.platform.startswith("linux"):
-            try:
-                fn = ctypes.CDLL(None, use_errno=True).renameat2
-            except (OSError, AttributeError):
-                pass
-            else:
-                fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-                fn.restype = ctypes.c_int
-                _renameat2 = fn
-    if not _renameat2:
-        return False
-    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
-        return False
-    raise OSError(err, os.strerror(err), os.fspath(a), None, os.fspath(b))
-
-
-def read_bytes(path: str) -> bytes:
-    """A whole small file, read with bare system calls (no buffered file object)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        chunks = []
-        while True:
-            chunk = os.read(fd, 65536)
-            chunks.append(chunk)
-            if len(chunk) < 65536:  # a short read of a regular file is its end
-                return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def append_line(path: str | os.PathLike[str], obj: dict[str, Any]) -> None:
-    """Append one JSON object as one whole line (a single write on an O_APPEND descriptor)."""
-    line = (json.dumps(obj, default=str, separators=(",", ":")) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
-
-
-def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read a JSONL file, skipping a torn last line and any line that is not an object."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        return []
-    out = []
-    for raw in data.split(b"\n"):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            out.append(obj)
-    return out
-
-
-class RecordLock:
-    """An exclusive ``flock`` on one record's lock file, held only around a read-modify-write.
-
-    Written here rather than taken from ``filelock`` because the claim path takes it twice per
-    job: a bare flock cycle costs ~5 us where filelock's costs 85-260 us on the same disk (see
-    benchmarks/RESULTS.md). flock is honoured on local disks and on NFS (Linux emulates it with
-    NFS locks); a filesystem without locking gets a clear error.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], timeout: float = 60.0) -> None:
-        self.path = os.fspath(path)
-        self.timeout = timeout
-        self._fd: int | None = None
-
-    def __enter__(self) -> "RecordLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + self.timeout
-        delay = 0.00005
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._fd = fd
-                return self
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise StorageError(f"could not lock {self.path} within {self.timeout:g}s; "
-                                       "another process holds it (a hung worker?)") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
-            except OSError as exc:
-                os.close(fd)
-                if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                    raise StorageError(f"the filesystem of {self.path} does not support file locks; "
-                                       "use a base path on a local disk or an NFS mount with locking") from None
-                raise
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
-def validate_name(name: str, what: str = "experiment name") -> str:
-    if not _NAME_RE.match(name or "") or ".." in name:
-        raise StorageError(
-            f"invalid {what} {name!r}: use letters, digits, '.', '_' and '-' only "
-            "(no '/', no '..', not starting with '.')"
-        )
-    return name
 
 
 class ExperimentStore:
@@ -297,7 +99,7 @@ class ExperimentStore:
     def lease_file(self, job_id: str) -> str:
         return f"{self._leases}/{job_id}.json"
 
-    def lock(self, job_id: str, timeout: float = 60.0) -> "RecordLock":
+    def lock(self, job_id: str, timeout: float = 60.0) -> RecordLock:
         """The lock guarding ``job_id``'s record. Locks are striped over 256 files (by the
         id's first two hex digits): creating a file costs far more than locking one, and
         locks are held for a read-modify-write only, so sharing a stripe costs nothing."""

@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dr_exp.api import (DEFAULT_HEARTBEAT_SECONDS, DEFAULT_LEASE_SECONDS, Experiment, env_float,
-                        last_checkpoint)
+from dr_exp.api import DEFAULT_HEARTBEAT_SECONDS, DEFAULT_LEASE_SECONDS, Experiment, env_float, last_checkpoint
 from dr_exp.errors import DrExpError
 from dr_exp.job import JobRecord
 from dr_exp.logging.structured_logger import StructuredLogger
@@ -117,7 +116,7 @@ class _SyncThread(threading.Thread):
     def drain(self, respect_backoff: bool = True) -> None:
         try:
             report = self.queue.drain(self.handler, respect_backoff=respect_backoff)
-        except Exception:  # noqa: BLE001 - sync trouble must never stop the worker
+        except Exception:
             self.log.exception("sync drain failed")
             return
         for job_id, uploaded in report.done:
@@ -204,7 +203,7 @@ class Worker:
                 module = importlib.import_module(module_name)
                 preload.extend(getattr(module, "__dr_exp_preload__", ()))
                 preload.append(module_name)
-            except Exception:  # the child will report the import error properly
+            except Exception:  # noqa: BLE001 - the child will report the import error properly
                 pass
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(list(dict.fromkeys(preload)))
@@ -432,4 +431,5 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 def _write_error(run_dir: Path, type_: str, message: str) -> None:
-    atomic_write(run_dir / "error.txt", f"type: {type_}\nmessage: {message}\n\nlog tail:\n{_tail(run_dir / 'logs' / 'train.log')}\n")
+    tail = _tail(run_dir / "logs" / "train.log")
+    atomic_write(run_dir / "error.txt", f"type: {type_}\nmessage: {message}\n\nlog tail:\n{tail}\n")

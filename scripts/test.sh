@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up the environment and run the whole test suite (what CI runs). Extra arguments go to
+# Set up the environment, lint, and run the whole test suite (what CI runs). Extra arguments go to
 # pytest, e.g. `bash scripts/test.sh -m "not slow"`.
 #
 # As root, it also installs (if needed) and starts a private single-node SLURM for the tests
@@ -22,6 +22,9 @@ if [ "$(id -u)" = 0 ] && [ -z "${DR_EXP_NO_SLURM:-}" ]; then
     exit 1
   fi
 fi
+
+echo "ruff check ." >&2
+.venv/bin/ruff check .
 
 set +e
 .venv/bin/python -m pytest -q -ra "$@"

@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from decon_cnn.data.sampler import ResumableShuffle
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision import datasets
 
+from decon_cnn.data.sampler import ResumableShuffle
 from decon_cnn.errors import DatasetNotFound
-
 
 
 def _present_files_only(cls: type) -> type:

@@ -12,9 +12,10 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from decon_cnn.data.sampler import ResumableShuffle
 from torch.utils.data import Dataset, TensorDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
+
+from decon_cnn.data.sampler import ResumableShuffle
 
 
 class _TransformedTensors(Dataset):

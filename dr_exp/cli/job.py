@@ -17,10 +17,12 @@ from dr_exp.results import params_of
 from dr_exp.state import Status
 
 _SUBMIT_OPTIONS = [
-    click.option("--priority", type=int, default=DEFAULT_PRIORITY, show_default=True, help="0-1000; higher runs first, FIFO among equals."),
+    click.option("--priority", type=int, default=DEFAULT_PRIORITY, show_default=True,
+                 help="0-1000; higher runs first, FIFO among equals."),
     click.option("--tags", default=None, help="Comma-separated tags, e.g. baseline,seed-study."),
     click.option("--force", is_flag=True, help="Submit even if an identical run is pending, running or done."),
-    click.option("--max-attempts", type=int, default=None, help=f"Attempts before a job is failed (default {DEFAULT_MAX_ATTEMPTS})."),
+    click.option("--max-attempts", type=int, default=None,
+                 help=f"Attempts before a job is failed (default {DEFAULT_MAX_ATTEMPTS})."),
     click.option("--timeout", type=float, default=None, help="Seconds an attempt may run before it is failed."),
 ]
 

@@ -76,7 +76,8 @@ def validate(c: Context, fix: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from dr_exp.cli import job as _job, results as _results, sync as _sync, system as _system  # noqa: F401
+    # Importing the command modules registers their commands on `cli`.
+    from dr_exp.cli import job, results, sync, system  # noqa: F401
 
     try:
         cli.main(args=argv, prog_name="dr_exp", standalone_mode=False)

@@ -34,7 +34,7 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], max_width: int =
 
     def render(line: list[str]) -> str:
         parts = []
-        for cell, width in zip(line, widths):
+        for cell, width in zip(line, widths, strict=True):
             if len(cell) > width:
                 cell = cell[: width - 1] + "…"
             parts.append(cell.ljust(width))

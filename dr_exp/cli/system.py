@@ -17,12 +17,14 @@ def system() -> None:
 
 @system.command()
 @click.option("--worker-id", default=None, help="Default: <host>-<pid>-<random>.")
-@click.option("--idle-timeout", type=float, default=60.0, show_default=True, help="Exit after the queue stays empty this long (s).")
+@click.option("--idle-timeout", type=float, default=60.0, show_default=True,
+              help="Exit after the queue stays empty this long (s).")
 @click.option("--max-jobs", type=int, default=None, help="Exit after this many jobs.")
 @click.option("--max-hours", type=float, default=None, help="Stop claiming after this many hours.")
 @click.option("--gpu", default=None, help="Pin the worker to this GPU (sets CUDA_VISIBLE_DEVICES).")
 @click.option("--lease-seconds", type=float, default=None, help="Lease expiry (env DR_EXP_LEASE_SECONDS, default 60).")
-@click.option("--heartbeat-seconds", type=float, default=None, help="Lease refresh interval (env DR_EXP_HEARTBEAT_SECONDS, default 10).")
+@click.option("--heartbeat-seconds", type=float, default=None,
+              help="Lease refresh interval (env DR_EXP_HEARTBEAT_SECONDS, default 10).")
 @click.option("--preload", default="", help="Comma-separated modules the fork server imports once (e.g. torch).")
 @pass_ctx
 def worker(c: Context, worker_id: str | None, idle_timeout: float, max_jobs: int | None, max_hours: float | None,

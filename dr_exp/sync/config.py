@@ -37,7 +37,7 @@ class SyncConfig:
     def prefix(self) -> str:
         return parse_s3_uri(self.s3_uri)[1]
 
-    def validate(self) -> "SyncConfig":
+    def validate(self) -> SyncConfig:
         parse_s3_uri(self.s3_uri)
         if self.include_checkpoints not in CHECKPOINT_CHOICES:
             raise SyncError(f"include_checkpoints={self.include_checkpoints!r}; use one of {', '.join(CHECKPOINT_CHOICES)}")

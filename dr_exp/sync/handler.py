@@ -41,8 +41,7 @@ def _scrub(message: str) -> str:
 
 def translate(exc: BaseException, config: SyncConfig) -> SyncError:
     """One line a user can act on, never containing a secret."""
-    from botocore.exceptions import (ClientError, EndpointConnectionError, NoCredentialsError,
-                                     PartialCredentialsError)
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, PartialCredentialsError
 
     where = f"s3://{config.bucket}" + (f" at {config.endpoint_url}" if config.endpoint_url else "")
     if isinstance(exc, SyncError):

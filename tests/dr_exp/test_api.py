@@ -170,7 +170,7 @@ def test_a_record_that_was_public_is_never_rewritten(exp):
 
 
 def test_exchange_swaps_and_falls_back(exp, tmp_path, monkeypatch):
-    from dr_exp import store
+    from dr_exp import fileio as store
 
     a, b = tmp_path / "a", tmp_path / "b"
     a.write_text("A")

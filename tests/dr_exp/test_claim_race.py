@@ -27,7 +27,7 @@ def test_six_processes_claim_each_job_exactly_once(base, round_):
     lister = subprocess.Popen([sys.executable, "-m", "tests.dr_exp.lister", str(base), exp.name, str(N_JOBS),
                                str(go), str(base / "listed.json")], cwd=REPO)
     go.touch()
-    for p in procs + [lister]:
+    for p in [*procs, lister]:
         assert p.wait(timeout=200) == 0
     listed = json.loads((base / "listed.json").read_text())
     assert listed["problems"] == [] and listed["backwards"] == [], listed

@@ -21,7 +21,7 @@ def test_reused_composition_equals_composition_from_scratch(params):
     fast = compose_many(EXP_CONFIGS, "quickstart", points, sweep_keys(params))
     slow = compose_many(EXP_CONFIGS, "quickstart", points, sweep_keys(params), reuse=False)
     assert len(fast) == len(slow) == len(points)
-    for f, s in zip(fast, slow):
+    for f, s in zip(fast, slow, strict=True):
         assert f.config == s.config, f.overrides
         assert f.sweep_params == s.sweep_params
 

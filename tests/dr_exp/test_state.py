@@ -17,7 +17,7 @@ def test_legal_path_records_history():
     assert [(h["from"], h["to"]) for h in rec.history] == [("pending", "running"), ("running", "completed")]
 
 
-@pytest.mark.parametrize("old,new", [("completed", "running"), ("pending", "completed"), ("failed", "running"),
+@pytest.mark.parametrize(("old", "new"), [("completed", "running"), ("pending", "completed"), ("failed", "running"),
                                      ("cancelled", "completed"), ("completed", "pending")])
 def test_illegal_transitions_raise(old, new):
     rec = make()
@@ -35,8 +35,8 @@ def test_table_matches_design():
 
 def test_only_transition_writes_status():
     """Grep the package: `.status =` is assigned in state.py only."""
-    from pathlib import Path
     import re
+    from pathlib import Path
 
     root = Path(__file__).resolve().parents[2] / "dr_exp"
     writers = [str(p.relative_to(root)) for p in root.rglob("*.py")

@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -55,7 +56,7 @@ def test_sigusr1_preempts_and_next_worker_resumes(base, exp):
     assert code == 0, out
     rec = exp.get(job)
     assert rec.status == "pending" and rec.resume_from and rec.preemptions == 1, rec.history
-    saved = json.loads(open(rec.resume_from).read())["step"]
+    saved = json.loads(Path(rec.resume_from).read_text())["step"]
     assert 0 < saved < 40
     code, out = finish(worker(base, "--idle-timeout", "0.5"))
     rec = exp.get(job)
@@ -88,6 +89,7 @@ def test_failed_attempt_is_retried(base, exp):
     job = submit(exp, "fail_on_attempt=1")
     code, out = finish(worker(base, "--idle-timeout", "0.5"))
     rec = exp.get(job)
+    assert code == 0, out
     assert rec.status == "completed" and rec.attempts == 2, out
 
 
@@ -98,6 +100,7 @@ def test_cancel_running_job_stops_it_within_seconds(base, exp):
     t0 = time.monotonic()
     assert run_cli("job", "cancel", job, base=base).returncode == 0
     code, out = finish(w, 30)
+    assert code == 0, out
     assert time.monotonic() - t0 < 10, "cancel took too long"
     assert exp.get(job).status == "cancelled"
 
@@ -107,6 +110,7 @@ def test_timeout_fails_job_with_reason(base, exp):
     t0 = time.monotonic()
     code, out = finish(worker(base, "--idle-timeout", "0.2"))
     rec = exp.get(job)
+    assert code == 0, out
     assert rec.status == "failed" and rec.error["reason"] == "timeout", rec.error
     assert time.monotonic() - t0 < 15
 
@@ -166,7 +170,7 @@ def test_launcher_forwards_a_signal_once_and_job_is_handed_back(base, exp):
     assert code == 0, out
     rec = exp.get(job)
     assert rec.status == "pending" and rec.preemptions == 1 and rec.resume_from, rec.history
-    assert json.loads(open(rec.resume_from).read())["step"] > 0  # checkpointed, not killed
+    assert json.loads(Path(rec.resume_from).read_text())["step"] > 0  # checkpointed, not killed
 
 
 def test_worker_max_jobs_gpu_pinning_and_preload(base, exp):

@@ -1,0 +1,128 @@
+"""The run directory of one job, and the name of every file in it.
+
+Nobody else spells these names: code that reads or writes a run's files asks a :class:`RunDir`.
+Paths stored in records and results are relative to the run directory (or to the experiment),
+so an experiment that was moved, mounted elsewhere or pulled from S3 still finds its files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dr_exp.fileio import read_jsonl
+
+RUN_PREFIX = "run_"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """``storage/run_<job_id>/`` and its files (see the README's "What is on disk")."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, storage_dir: str | os.PathLike[str], job_id: str) -> RunDir:
+        return cls(Path(storage_dir) / f"{RUN_PREFIX}{job_id}")
+
+    # -- files -----------------------------------------------------------------------------
+    @property
+    def config(self) -> Path:
+        """The exact composed config the run used."""
+        return self.root / "config.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def events(self) -> Path:
+        return self.root / "events.jsonl"
+
+    @property
+    def result(self) -> Path:
+        """What the trainer returned."""
+        return self.root / "result.json"
+
+    @property
+    def error(self) -> Path:
+        """Type, message and traceback of the last failure."""
+        return self.root / "error.txt"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def train_log(self) -> Path:
+        """The job's stdout and stderr."""
+        return self.logs / "train.log"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def provenance(self) -> Path:
+        return self.root / "provenance.json"
+
+    def outcome(self, attempt: int) -> Path:
+        """How one attempt ended, written by the job's process for its worker to read."""
+        return self.root / f".outcome-{attempt}.json"
+
+    # -- helpers ---------------------------------------------------------------------------
+    def relative(self, path: str | os.PathLike[str] | None) -> str | None:
+        """``path`` relative to the run directory when it lies inside it, else unchanged."""
+        if path is None:
+            return None
+        p = Path(path)
+        if not p.is_absolute():
+            return str(p)
+        try:
+            return str(p.resolve().relative_to(self.root.resolve()))
+        except ValueError:
+            return str(p)
+
+    def resolve(self, path: str | os.PathLike[str] | None) -> Path | None:
+        """A path stored relative to the run directory, made absolute (absolute ones stay)."""
+        if path is None or path == "":
+            return None
+        p = Path(path)
+        return p if p.is_absolute() else self.root / p
+
+    def last_checkpoint(self) -> Path | None:
+        """``checkpoints/last.ckpt`` if present, else the newest ``last.ckpt`` below
+        ``checkpoints/`` (multi-stage runs keep one folder per stage), else the newest file."""
+        last = self.checkpoints / "last.ckpt"
+        if last.is_file():
+            return last
+        if not self.checkpoints.is_dir():
+            return None
+        for pattern in ("**/last.ckpt", "**/*"):
+            files = [p for p in self.checkpoints.glob(pattern) if p.is_file() and not p.name.startswith(".")]
+            if files:
+                return max(files, key=lambda p: p.stat().st_mtime)
+        return None
+
+    def read_metrics(self, problems: list[str] | None = None) -> list[dict[str, Any]]:
+        return read_jsonl(self.metrics, problems)
+
+    def read_events(self, problems: list[str] | None = None) -> list[dict[str, Any]]:
+        return read_jsonl(self.events, problems)
+
+    def tail(self, path: Path | None = None, lines: int = 20) -> str:
+        """The last ``lines`` lines of a text file of the run (default: train.log)."""
+        path = path or self.train_log
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 8192))
+                return "\n".join(fh.read().decode(errors="replace").splitlines()[-lines:])
+        except (FileNotFoundError, IsADirectoryError):
+            return ""
