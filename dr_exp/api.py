@@ -19,6 +19,7 @@ from typing import Any
 from dr_exp import compose as _compose
 from dr_exp.errors import CorruptRecord, DrExpError, JobNotFound, StorageError
 from dr_exp.job import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, JobRecord
+from dr_exp.rundir import RunDir
 from dr_exp.state import Status, transition
 from dr_exp.store import ExperimentStore
 
@@ -236,6 +237,27 @@ class Experiment:
             self.store.write_record(rec)
             self.store.add_marker(rec)
         return rec
+
+    def set_priority(self, job_id: str, priority: int) -> JobRecord:
+        """Change a job's priority; a pending job moves to its new place in the queue."""
+        self.require()
+        priority = _check_priority(priority)
+        job_id = self.store.resolve_job_id(job_id)
+        with self.store.lock(job_id):
+            rec = self.store.read_record(job_id)
+            if rec.status == Status.PENDING:
+                self.store.drop_marker(rec)
+                rec.priority = priority
+                self.store.write_record(rec)
+                self.store.add_marker(rec)
+            else:
+                rec.priority = priority
+                self.store.write_record(rec)
+        return rec
+
+    def run_dir(self, job: str | JobRecord) -> RunDir:
+        """The run directory of a job (by id or record), wherever the experiment now lives."""
+        return self.store.layout.run_dir(job.id if isinstance(job, JobRecord) else job)
 
     # -- claiming ---------------------------------------------------------------------------------
     def claim(self, worker_id: str, lease_seconds: float = DEFAULT_LEASE_SECONDS,

@@ -33,7 +33,7 @@ from typing import Any
 from dr_exp.errors import CorruptRecord, JobNotFound, StorageError
 from dr_exp.fileio import append_line, atomic_write, exchange, overwrite, read_bytes, read_jsonl, replace_with  # noqa: F401
 from dr_exp.job import JobRecord
-from dr_exp.layout import validate_name
+from dr_exp.layout import Layout, validate_name
 from dr_exp.lock import RecordLock
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class ExperimentStore:
         self.base_path = Path(base_path).expanduser().absolute()
         self.experiment = validate_name(experiment)
         self.root = self.base_path / self.experiment
+        self.layout = Layout(self.base_path, self.experiment)
         for sub in SUBDIRS:
             setattr(self, f"{sub}_dir", self.root / sub)
         # Plain strings for the claim path, where building Path objects showed up in profiles.
