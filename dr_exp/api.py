@@ -1,37 +1,49 @@
-"""The Python API over one experiment: submit, sweep, list, get, cancel, retry, claim, recover.
+"""The Python API over one experiment: what the CLI and the worker use, and the only writer of
+job records.
 
-The CLI and the worker both go through :class:`Experiment`; nothing here prints.
+- Submitting: :meth:`Experiment.submit`, :meth:`~Experiment.sweep`, :meth:`~Experiment.submit_configs`.
+- Reading: :meth:`~Experiment.get`, :meth:`~Experiment.list`, :meth:`~Experiment.counts`,
+  :meth:`~Experiment.run_dir`.
+- Changing a job: :meth:`~Experiment.cancel`, :meth:`~Experiment.retry`,
+  :meth:`~Experiment.set_priority`, :meth:`~Experiment.set_sync_state`.
+- The lifecycle of an attempt: :meth:`~Experiment.claim` gives an :class:`~dr_exp.job.Attempt`;
+  it ends with exactly one of :meth:`~Experiment.complete`, :meth:`~Experiment.fail`,
+  :meth:`~Experiment.hand_back` or :meth:`~Experiment.prune`, or is found lost by
+  :meth:`~Experiment.recover`. What a failure becomes is decided by :func:`dr_exp.state.next_after`.
+
+Nothing here prints.
 """
 
 from __future__ import annotations
 
 import os
-import random
-import socket
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dr_exp import compose as _compose
+from dr_exp.claim import DEFAULT_REFRESH_SECONDS, Claimer
 from dr_exp.errors import CorruptRecord, DrExpError, JobNotFound, StorageError
-from dr_exp.job import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, JobRecord
+from dr_exp.job import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WORKER_LOSSES, DEFAULT_PRIORITY, Attempt, JobRecord
+from dr_exp.layout import MAX_PRIORITY, MIN_PRIORITY, Layout, parse_marker
 from dr_exp.rundir import RunDir
-from dr_exp.state import Status, transition
-from dr_exp.store import ExperimentStore
+from dr_exp.state import FINISHED, Ending, Status, next_after, transition
+from dr_exp.store import NO_SPACE, ExperimentStore, storage_error
 
 DEFAULT_BASE_PATH = "./dr_exp_runs"
 DEFAULT_EXPERIMENT = "default"
 DEFAULT_LEASE_SECONDS = 60.0
 DEFAULT_HEARTBEAT_SECONDS = 10.0
-# After a lost race a worker claims a random one of this many queue heads (same priority).
-CLAIM_WINDOW = 16
+# Reading the record to record a finished attempt tries this long (s) before giving up on it:
+# losing a result to a passing stale read would cost a whole run.
+_END_READ_SECONDS = 5.0
 
 
 def env_float(name: str, default: float) -> float:
+    """A positive number of seconds from the environment, or ``default`` when unset."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -39,8 +51,8 @@ def env_float(name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise DrExpError(f"{name}={raw!r} is not a number of seconds; unset it or give e.g. {name}={default:g}") from None
-    if value <= 0:
-        raise DrExpError(f"{name}={raw!r} must be positive")
+    if not value > 0 or value == float("inf"):
+        raise DrExpError(f"{name}={raw!r} must be a positive number of seconds")
     return value
 
 
@@ -53,18 +65,20 @@ class SubmitResult:
     sweep_id: str | None = None
 
 
-def _check_priority(priority: int) -> int:
-    if not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+def check_priority(priority: Any) -> int:
+    if type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
         raise DrExpError(f"priority {priority!r} is out of range; "
                          f"use an integer from {MIN_PRIORITY} to {MAX_PRIORITY} (higher runs first)")
     return priority
 
 
-def _parse_tags(tags: str | Iterable[str] | None) -> list[str]:
+def parse_tags(tags: str | Iterable[str] | None) -> list[str]:
     if tags is None:
         return []
     items = tags.split(",") if isinstance(tags, str) else list(tags)
-    out = [t.strip() for t in items if t.strip()]
+    out = [t.strip() for t in items if isinstance(t, str) and t.strip()]
+    if len(out) != len([t for t in items if not isinstance(t, str) or t.strip()]):
+        raise DrExpError(f"tags {tags!r} must be strings; separate tags with commas: --tags a,b")
     for tag in out:
         if any(c.isspace() for c in tag):
             raise DrExpError(f"tag {tag!r} contains whitespace; separate tags with commas: --tags a,b")
@@ -75,29 +89,40 @@ class Experiment:
     """One experiment directory: ``<base_path>/<experiment>/``."""
 
     def __init__(self, base_path: str | os.PathLike[str] | None = None, experiment: str | None = None) -> None:
+        if experiment == "":
+            raise StorageError("empty experiment name; give --experiment NAME (or unset it for 'default')")
         base_path = base_path or os.environ.get("DR_EXP_BASE_PATH") or DEFAULT_BASE_PATH
         experiment = experiment or os.environ.get("DR_EXP_EXPERIMENT") or DEFAULT_EXPERIMENT
         self.store = ExperimentStore(base_path, experiment)
+        self.layout: Layout = self.store.layout
         self.name = self.store.experiment
-        self._batch: deque[str] = deque()
-        self._hostname = socket.gethostname()
-        self._listed_at = 0.0
-        self._contended = False
+        self._claimer = Claimer(self.store, self._begin)
+        self._claiming: tuple[str, float] = ("", DEFAULT_LEASE_SECONDS)
+
+    def require(self) -> None:
+        """Raise a clear error if the experiment directory does not exist."""
+        if not self.store.exists():
+            raise StorageError(f"no experiment at {self.store.root}; check --base-path/--experiment "
+                               "(or DR_EXP_BASE_PATH/DR_EXP_EXPERIMENT), or submit a job first")
 
     # -- submitting ----------------------------------------------------------------------------
     def submit(self, config_path: str, config_name: str, overrides: str | list[str] | None = None,
                priority: int = DEFAULT_PRIORITY, tags: str | Iterable[str] | None = None,
-               force: bool = False, max_attempts: int | None = None,
-               timeout: float | None = None) -> SubmitResult:
+               force: bool = False, max_attempts: int | None = None, timeout: float | None = None,
+               searchpath: Iterable[str] = (), max_worker_losses: int | None = None) -> SubmitResult:
         """Compose one config and queue it (skipped if an identical run is already active or done)."""
-        composed = [_compose.compose_one(config_path, config_name, _compose.split_overrides(overrides))]
-        return self._submit_composed(composed, priority, tags, force, max_attempts, timeout, sweep_id=None)
+        queueing = self._queueing(priority, tags, max_attempts, timeout, max_worker_losses)
+        composed = [_compose.compose_one(config_path, config_name, _compose.split_overrides(overrides),
+                                         searchpath=searchpath)]
+        return self._queue(composed, force, None, **queueing)
 
     def sweep(self, config: str, params: str | list[str], overrides: str | list[str] | None = None,
               priority: int = DEFAULT_PRIORITY, tags: str | Iterable[str] | None = None,
-              force: bool = False, max_attempts: int | None = None,
-              timeout: float | None = None) -> SubmitResult:
-        """Expand ``params`` with Hydra's sweeper semantics, compose every point, then queue all."""
+              force: bool = False, max_attempts: int | None = None, timeout: float | None = None,
+              searchpath: Iterable[str] = (), max_worker_losses: int | None = None) -> SubmitResult:
+        """Expand ``params`` with Hydra's sweeper semantics, compose every point, then queue all
+        of them (or none, if any point or any write fails)."""
+        queueing = self._queueing(priority, tags, max_attempts, timeout, max_worker_losses)
         path = Path(config).expanduser()
         if path.suffix not in (".yaml", ".yml"):
             raise DrExpError(f"--config {config!r} should be a .yaml job config, e.g. exp_configs/noop.yaml")
@@ -105,90 +130,107 @@ class Experiment:
             raise DrExpError(f"config file {config} does not exist; list exp_configs/ for the available ones")
         fixed = _compose.split_overrides(overrides)
         points = [fixed + p for p in _compose.parse_sweep(params)]
-        composed = _compose.compose_many(path.parent, path.stem, points, _compose.sweep_keys(params))
-        return self._submit_composed(composed, priority, tags, force, max_attempts, timeout,
-                                     sweep_id=uuid.uuid4().hex[:12])
+        composed = _compose.compose_many(path.parent, path.stem, points, _compose.sweep_keys(params),
+                                         searchpath=searchpath)
+        return self._queue(composed, force, uuid.uuid4().hex[:12], **queueing)
 
     def submit_configs(self, configs: list[dict[str, Any]], priority: int = DEFAULT_PRIORITY,
                        tags: str | Iterable[str] | None = None, force: bool = False,
-                       max_attempts: int | None = None, timeout: float | None = None) -> SubmitResult:
+                       max_attempts: int | None = None, timeout: float | None = None,
+                       max_worker_losses: int | None = None, sweep_id: str | None = None) -> SubmitResult:
         """Queue already-composed configs (plain dicts with ``_target_``), e.g. built in Python."""
+        queueing = self._queueing(priority, tags, max_attempts, timeout, max_worker_losses)
         composed = []
-        for config in configs:
-            _compose.check_target(config, "config")
-            composed.append(_compose.ComposedConfig("", "", [], dict(config), {}))
-        return self._submit_composed(composed, priority, tags, force, max_attempts, timeout, sweep_id=None)
+        checked: dict[str, Any] = {}
+        for i, config in enumerate(configs):
+            plain = _compose.plain_config(config, f"config #{i}")
+            _compose.check_config(plain, f"config #{i}", checked)
+            composed.append(_compose.ComposedConfig("", "", [], plain, {}))
+        return self._queue(composed, force, sweep_id, **queueing)
 
-    def _submit_composed(self, composed: list[_compose.ComposedConfig], priority: int,
-                         tags: str | Iterable[str] | None, force: bool, max_attempts: int | None,
-                         timeout: float | None, sweep_id: str | None) -> SubmitResult:
-        priority = _check_priority(priority)
-        tag_list = _parse_tags(tags)
-        if max_attempts is not None and max_attempts < 1:
-            raise DrExpError(f"--max-attempts {max_attempts} must be at least 1")
-        if timeout is not None and timeout <= 0:
+    @staticmethod
+    def _queueing(priority: int, tags: str | Iterable[str] | None, max_attempts: int | None,
+                  timeout: float | None, max_worker_losses: int | None) -> dict[str, Any]:
+        """The queueing options, checked before anything is composed or written."""
+        if max_attempts is not None and (type(max_attempts) is not int or max_attempts < 1):
+            raise DrExpError(f"--max-attempts {max_attempts} must be an integer of at least 1")
+        if max_worker_losses is not None and (type(max_worker_losses) is not int or max_worker_losses < 1):
+            raise DrExpError(f"--max-worker-losses {max_worker_losses} must be an integer of at least 1")
+        if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout < float("inf")):
             raise DrExpError(f"--timeout {timeout} must be a positive number of seconds")
+        return {"priority": check_priority(priority), "tags": parse_tags(tags), "max_attempts": max_attempts,
+                "timeout": timeout, "max_worker_losses": max_worker_losses}
+
+    def _queue(self, composed: list[_compose.ComposedConfig], force: bool, sweep_id: str | None, *,
+               priority: int, tags: list[str], max_attempts: int | None, timeout: float | None,
+               max_worker_losses: int | None) -> SubmitResult:
         records = []
         for c in composed:
-            cfg_attempts = c.config.get("max_attempts")
-            cfg_timeout = c.config.get("timeout")
+            config = dict(c.config)
+            # Scheduling keys become record fields; no trainer ever sees them.
+            attempts = max_attempts or _positive_int(config.pop("max_attempts", None), "max_attempts") \
+                or DEFAULT_MAX_ATTEMPTS
+            limit = timeout or _positive_number(config.pop("timeout", None), "timeout")
+            job_id = str(uuid.uuid4())
             records.append(JobRecord(
-                id=str(uuid.uuid4()), experiment=self.name, config=c.config, priority=priority,
-                tags=tag_list, config_path=c.config_path, config_name=c.config_name,
-                overrides=c.overrides, sweep_id=sweep_id, sweep_params=c.sweep_params,
-                max_attempts=int(max_attempts or cfg_attempts or DEFAULT_MAX_ATTEMPTS),
-                timeout=float(timeout or cfg_timeout) if (timeout or cfg_timeout) else None,
-            ))
+                id=job_id, experiment=self.name, config=config, priority=priority, tags=list(tags),
+                config_path=c.config_path or None, config_name=c.config_name or None, overrides=c.overrides,
+                sweep_id=sweep_id, sweep_params=c.sweep_params, max_attempts=attempts, timeout=limit,
+                max_worker_losses=max_worker_losses or DEFAULT_MAX_WORKER_LOSSES,
+                storage_path=Layout.run_dir_relative(job_id)))
         self.store.ensure()
         result = SubmitResult(sweep_id=sweep_id)
+        existing = {} if force else self._active_duplicates({r.config_hash for r in records})
         seen: set[str] = set()
         for record in records:
-            existing = None if force else self._active_duplicate(record.config_hash)
-            if existing is None and not force and record.config_hash in seen:
-                existing = "(same sweep)"
-            if existing is not None:
-                result.skipped.append((record.sweep_params or record.overrides, existing))
+            dup = existing.get(record.config_hash) or ("(same sweep)" if record.config_hash in seen and not force else None)
+            if dup is not None:
+                result.skipped.append((record.sweep_params or record.overrides, dup))
                 continue
             seen.add(record.config_hash)
-            record.storage_path = str(self.store.run_dir(record.id))
-            self.store.write_record(record)
-            self.store.make_spare(record.id)
-            self.store.index_store(record.config_hash, record.id)
-            self.store.add_marker(record)
             result.submitted.append(record)
+        try:
+            self.store.create_jobs(result.submitted)
+        except OSError as exc:
+            raise storage_error(exc, f"could not queue {len(result.submitted)} jobs in {self.store.root} "
+                                "(nothing was queued)") from None
         return result
 
-    def _active_duplicate(self, config_hash: str) -> str | None:
-        job_id = self.store.index_lookup(config_hash)
-        if job_id is None:
-            return None
-        try:
-            rec = self.store.read_record(job_id)
-        except (JobNotFound, CorruptRecord):
-            return None
-        if rec.status in (Status.PENDING, Status.RUNNING, Status.COMPLETED):
-            return rec.id
-        return None
+    def _active_duplicates(self, hashes: set[str]) -> dict[str, str]:
+        """config hash -> id of a pending, running or completed job with that config."""
+        out = {}
+        for config_hash, ids in self.store.index_lookup(hashes).items():
+            for job_id in reversed(ids):
+                rec = self.read_or_none(job_id)
+                if rec is not None and rec.config_hash == config_hash and \
+                        rec.status in (Status.PENDING, Status.RUNNING, Status.COMPLETED):
+                    out[config_hash] = rec.id
+                    break
+        return out
 
     # -- reading -------------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord:
+        """One record by id or unique prefix. Nothing is changed, even if it is unreadable."""
         self.require()
         try:
             return self.store.read_record(self.store.resolve_job_id(job_id))
         except CorruptRecord as exc:
-            dest = self.store.quarantine(exc.path, exc.reason)
-            raise DrExpError(f"record {exc.path} is unreadable ({exc.reason}); moved to {dest}") from None
+            raise DrExpError(f"record {exc.path} is unreadable ({exc.reason}); "
+                             "`dr_exp validate --fix` moves it to quarantine/") from None
+
+    def read_or_none(self, job_id: str) -> JobRecord | None:
+        """The record, or None if it is missing or unreadable."""
+        try:
+            return self.store.read_record(job_id)
+        except (JobNotFound, CorruptRecord):
+            return None
 
     def list(self, status: str | Iterable[str] | None = None, tags: str | Iterable[str] | None = None,
              sweep_id: str | None = None, problems: list[str] | None = None) -> list[JobRecord]:
-        """Records filtered by status, tags (all must match) and sweep id, in claim order."""
-        statuses = None
-        if status:
-            statuses = {s.strip() for s in (status.split(",") if isinstance(status, str) else status)}
-            bad = statuses - {s.value for s in Status}
-            if bad:
-                raise DrExpError(f"unknown status {', '.join(sorted(bad))}; use one of {', '.join(s.value for s in Status)}")
-        want_tags = set(_parse_tags(tags))
+        """Records filtered by status, tags (all must match) and sweep id, in claim order.
+        Unreadable records are skipped and described in ``problems``."""
+        statuses = parse_statuses(status)
+        want_tags = set(parse_tags(tags))
         if not self.store.exists():
             return []
         out = []
@@ -209,7 +251,11 @@ class Experiment:
             counts[rec.status] += 1
         return counts
 
-    # -- changing state -------------------------------------------------------------------------
+    def run_dir(self, job: str | JobRecord) -> RunDir:
+        """The run directory of a job (by id or record), wherever the experiment now lives."""
+        return self.layout.run_dir(job.id if isinstance(job, JobRecord) else job)
+
+    # -- changing a job -----------------------------------------------------------------------------
     def cancel(self, job_id: str) -> JobRecord:
         """Cancel a pending job at once; a running one is stopped by its worker within seconds."""
         self.require()
@@ -220,10 +266,10 @@ class Experiment:
             transition(rec, Status.CANCELLED, "cancelled by user", finished_at=time.time())
             self.store.write_record(rec)
             if was == Status.PENDING:
-                self.store.drop_marker(rec)
+                self.store.dequeue(rec)
             else:
-                # The worker watches its lease; removing it makes the worker stop the child.
-                self.store.remove_lease(job_id)
+                # The worker watches its lease; removing it makes the worker stop the job.
+                self.store.remove_lease(job_id, rec.attempts)
         return rec
 
     def retry(self, job_id: str) -> JobRecord:
@@ -232,248 +278,237 @@ class Experiment:
         job_id = self.store.resolve_job_id(job_id)
         with self.store.lock(job_id):
             rec = self.store.read_record(job_id)
-            transition(rec, Status.PENDING, "retried by user", attempts=0, preemptions=0,
-                       error=None, result=None, finished_at=None, worker_id=None)
+            # Attempt numbers are never reused (each attempt has its own lease file), so the
+            # budget restarts from here instead of from zero.
+            transition(rec, Status.PENDING, "retried by user", attempt_base=rec.attempts, preemptions=0,
+                       worker_losses=0, error=None, result=None, finished_at=None, worker_id=None)
             self.store.write_record(rec)
-            self.store.add_marker(rec)
+            self.store.enqueue(rec)
         return rec
 
     def set_priority(self, job_id: str, priority: int) -> JobRecord:
         """Change a job's priority; a pending job moves to its new place in the queue."""
         self.require()
-        priority = _check_priority(priority)
+        priority = check_priority(priority)
         job_id = self.store.resolve_job_id(job_id)
         with self.store.lock(job_id):
             rec = self.store.read_record(job_id)
-            if rec.status == Status.PENDING:
-                self.store.drop_marker(rec)
-                rec.priority = priority
-                self.store.write_record(rec)
-                self.store.add_marker(rec)
-            else:
-                rec.priority = priority
-                self.store.write_record(rec)
+            pending = rec.status == Status.PENDING
+            if pending:
+                self.store.dequeue(rec)
+            rec.priority = priority
+            self.store.write_record(rec)
+            if pending:
+                self.store.enqueue(rec)
         return rec
 
-    def run_dir(self, job: str | JobRecord) -> RunDir:
-        """The run directory of a job (by id or record), wherever the experiment now lives."""
-        return self.store.layout.run_dir(job.id if isinstance(job, JobRecord) else job)
+    def set_sync_state(self, job_id: str, sync: dict[str, Any]) -> None:
+        """Record how the job's run directory stands with S3 (never a state change)."""
+        with self.store.lock(job_id):
+            try:
+                rec = self.store.read_record(job_id)
+            except (JobNotFound, CorruptRecord):
+                return
+            rec.sync = sync
+            self.store.write_record(rec)
 
-    # -- claiming ---------------------------------------------------------------------------------
+    # -- claiming ------------------------------------------------------------------------------
     def claim(self, worker_id: str, lease_seconds: float = DEFAULT_LEASE_SECONDS,
-              refresh_seconds: float = 2.0) -> JobRecord | None:
-        """Take the next job in claim order, or None if the queue is empty.
+              refresh_seconds: float = DEFAULT_REFRESH_SECONDS) -> Attempt | None:
+        """Take the next job in claim order and start an attempt of it, or None if the queue is
+        empty. A job whose files are unusable is skipped (and quarantined if really corrupt)."""
+        self._claiming = (worker_id, lease_seconds)
+        return self._claimer.claim(refresh_seconds)
 
-        Markers are listed at most every ``refresh_seconds`` (or when the in-memory batch runs
-        out), so a claim costs a rename and one record update whatever the queue length.
-        """
-        relisted = False
-        while True:
-            if not self._batch or time.monotonic() - self._listed_at > refresh_seconds:
-                if relisted:
-                    return None
-                self._batch = deque(self.store.list_markers())
-                self._listed_at = time.monotonic()
-                relisted = True
-                if not self._batch:
-                    return None
-            name = self._next_marker()
-            if not self.store.take_marker(name):
-                self._contended = True  # another worker won this one
-                continue
-            self._contended = False
-            rec = self._start_claimed(name, worker_id, lease_seconds)
-            if rec is not None:
-                return rec
-
-    def _next_marker(self) -> str:
-        """The head of the batch; right after losing a race, a random one of the first few of
-        the head's priority instead. Workers list the same queue in the same order, so without
-        this they move in lockstep and collide on every marker."""
-        batch = self._batch
-        if self._contended and len(batch) > 1:
-            prio = batch[0][:4]
-            span = 1
-            while span < min(len(batch), CLAIM_WINDOW) and batch[span][:4] == prio:
-                span += 1
-            pick = random.randrange(span)
-            if pick:
-                name = batch[pick]
-                del batch[pick]
-                return name
-        return batch.popleft()
-
-    def claim_job(self, job_id: str, worker_id: str, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> JobRecord:
+    def claim_job(self, job_id: str, worker_id: str, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Attempt:
         """Claim one particular pending job (``job run-one``), through the same steps as :meth:`claim`."""
         rec = self.get(job_id)
         if rec.status != Status.PENDING:
             raise DrExpError(f"job {rec.id} is {rec.status}; only a pending job can be run "
                              "(`dr_exp job retry` puts a failed or cancelled one back)")
-        if not self.store.take_marker(rec.marker):
+        if not self.store.take(rec.marker):
             raise DrExpError(f"job {rec.id} was just claimed by another worker")
-        claimed = self._start_claimed(rec.marker, worker_id, lease_seconds)
-        if claimed is None:
+        self._claiming = (worker_id, lease_seconds)
+        attempt = self._begin(rec.marker)
+        if attempt is None:
             raise DrExpError(f"job {rec.id} changed state while being claimed; see `dr_exp job show {rec.id}`")
-        return claimed
+        return attempt
 
-    def _start_claimed(self, marker: str, worker_id: str, lease_seconds: float) -> JobRecord | None:
-        job_id = marker.split("-", 2)[2]
+    def _begin(self, marker: str) -> Attempt | None:
+        """Turn a taken marker into a running attempt, if its job is still pending."""
+        worker_id, lease_seconds = self._claiming
+        parsed = parse_marker(marker)
         store = self.store
-        try:
-            with store.lock(job_id):
-                try:
-                    rec = store.read_record(job_id)
-                except JobNotFound:
-                    rec = None
-                except CorruptRecord as exc:
-                    store.quarantine(exc.path, exc.reason)
-                    rec = None
-                if rec is None or rec.status != Status.PENDING:
-                    # Cancelled (or removed) between listing and claim: the marker is stale.
-                    os.unlink(store.claimed_dir / marker)
-                    return None
-                # The claimed marker becomes the lease (a rename, not a new file).
-                store.write_lease(job_id, worker_id, lease_seconds, rec.attempts + 1, claimed_marker=marker)
-                transition(rec, Status.RUNNING, f"claimed by {worker_id}", worker_id=worker_id,
-                           host=self._hostname, attempts=rec.attempts + 1,
-                           started_at=time.time(), finished_at=None)
-                # No fsync here: the write is still atomic (readers on any node see the old or
-                # the new record), and if a power loss drops it, the job reads as pending with
-                # a lease that will expire -- exactly a claimer that died, which recovery re-queues.
-                store.write_record(rec, durable=False, via=store.spare_path(job_id), keep_old=True)
-                return rec
-        except FileNotFoundError:
+        if parsed is None:
+            store.discard_claimed(marker)
             return None
-
-    def finish(self, job_id: str, owner: str, attempt: int, status: Status | str, reason: str = "",
-               **fields: Any) -> JobRecord | None:
-        """Record the end of an attempt, if this worker still owns it (else None: the job was
-        cancelled or recovered meanwhile and the outcome is dropped)."""
-        store = self.store
-        with store.lock(job_id):
-            rec = store.read_record(job_id)
-            if rec.status != Status.RUNNING or rec.worker_id != owner or rec.attempts != attempt:
+        with store.lock(parsed.job_id):
+            try:
+                rec: JobRecord | None = store.read_record(parsed.job_id)
+            except JobNotFound:
+                rec = None
+            except CorruptRecord as exc:
+                if store.quarantine_if_corrupt(exc) is None:
+                    store.release(marker)  # perhaps a passing stale read: leave it for later
+                    return None
+                rec = None
+            if rec is None or rec.status != Status.PENDING or rec.marker != marker:
+                store.discard_claimed(marker)  # cancelled, re-prioritised or removed since listed
                 return None
-            status = Status(status)
-            if status != Status.PENDING:
-                fields.setdefault("finished_at", time.time())
-            transition(rec, status, reason, **fields)
-            # The lease file becomes the new record (rewritten, fsynced, renamed into jobs/):
-            # one rename instead of creating a temp file and then unlinking the lease.
-            if not store.write_record(rec, via=store.lease_file(job_id)):
-                store.remove_lease(job_id)
-            if status == Status.PENDING:
-                store.add_marker(rec)
-        return rec
+            transition(rec, Status.RUNNING, f"claimed by {worker_id}", worker_id=worker_id,
+                       host=self.layout.host, attempts=rec.attempts + 1, started_at=time.time(), finished_at=None)
+            try:
+                return store.begin_attempt(marker, rec, lease_seconds)
+            except OSError as exc:
+                self._undo_begin(marker, rec)
+                raise storage_error(exc, f"could not start job {rec.id}; it stays pending") from None
+
+    def _undo_begin(self, marker: str, rec: JobRecord) -> None:
+        """Put a job whose claim could not be written back in the queue, as it was."""
+        lease = self.layout.lease(rec.id, rec.attempts)
+        for src in (lease, self.layout.claimed_marker(marker)):
+            try:
+                os.rename(src, self.layout.queued(marker))
+                return
+            except OSError:
+                continue
+
+    # -- the end of an attempt --------------------------------------------------------------------
+    def owns(self, attempt: Attempt) -> bool:
+        """Whether ``attempt`` still owns its job (cheap: its lease file exists)."""
+        return self.store.lease_alive(attempt)
+
+    def refresh(self, attempt: Attempt, careful: bool = False) -> bool:
+        """Heartbeat ``attempt``'s lease. ``careful`` (after a long gap, e.g. the worker was
+        paused) checks under the record's lock that the attempt still owns the job first, so a
+        lease that recovery is about to take is never refreshed. False: the attempt is lost."""
+        if not careful:
+            return self.store.refresh_lease(attempt)
+        with self.store.lock(attempt.job_id):
+            rec = self.read_or_none(attempt.job_id)
+            if rec is None or not _owner(rec, attempt):
+                return False
+            return self.store.refresh_lease(attempt)
+
+    def complete(self, attempt: Attempt, result: dict[str, Any]) -> JobRecord | None:
+        """The attempt succeeded: ``completed`` with ``result``. None if it no longer owned the job
+        (cancelled or taken over meanwhile): the outcome is dropped."""
+        return self._end(attempt, lambda rec: transition(rec, Status.COMPLETED, "completed", result=result,
+                                                         error=None, finished_at=time.time()))
+
+    def fail(self, attempt: Attempt, error: dict[str, Any], ending: Ending = Ending.ERROR) -> JobRecord | None:
+        """The attempt failed (``ending``: ERROR, TIMEOUT or FATAL); the policy retries or fails."""
+        def apply(rec: JobRecord) -> None:
+            new = next_after(rec, ending)
+            reason = f"attempt {attempt.number} failed: {error.get('type')}: {error.get('message')}"[:300]
+            if new == Status.PENDING:
+                transition(rec, new, reason + "; retrying", error=error, worker_id=None)
+            else:
+                transition(rec, new, reason, error=error, finished_at=time.time())
+        return self._end(attempt, apply)
+
+    def hand_back(self, attempt: Attempt, resume_from: str | None, reason: str = "pre-empted") -> JobRecord | None:
+        """The attempt stopped on request (pre-emption, the worker's own trouble): ``pending``
+        again, resuming from ``resume_from`` (relative to the run directory); costs no attempt."""
+        return self._end(attempt, lambda rec: transition(
+            rec, next_after(rec, Ending.HANDED_BACK), reason, preemptions=rec.preemptions + 1,
+            resume_from=resume_from or rec.resume_from, worker_id=None))
+
+    def prune(self, attempt: Attempt, result: dict[str, Any], reason: str) -> JobRecord | None:
+        """The attempt was stopped early by an adaptive sweep's pruner: ``pruned`` (final)."""
+        return self._end(attempt, lambda rec: transition(rec, Status.PRUNED, reason, result=result,
+                                                         finished_at=time.time()))
+
+    def _end(self, attempt: Attempt, apply: Any) -> JobRecord | None:
+        store = self.store
+        deadline = time.monotonic() + _END_READ_SECONDS
+        while True:
+            with store.lock(attempt.job_id):
+                try:
+                    rec = store.read_record(attempt.job_id)
+                except JobNotFound:
+                    store.remove_lease(attempt.job_id, attempt.number)  # nothing left to record into
+                    return None
+                except CorruptRecord as exc:
+                    if time.monotonic() < deadline:
+                        rec = None
+                    else:
+                        store.quarantine_if_corrupt(exc)
+                        store.remove_lease(attempt.job_id, attempt.number)
+                        return None
+                if rec is not None:
+                    if not _owner(rec, attempt) or not store.lease_alive(attempt):
+                        return None
+                    apply(rec)
+                    try:
+                        store.end_attempt(attempt, rec)
+                    except OSError as exc:
+                        raise storage_error(exc, f"could not record the end of job {rec.id}") from None
+                    return rec
+            time.sleep(0.5)
 
     # -- recovery ---------------------------------------------------------------------------------
-    def recover(self, full_scan: bool = False) -> list[tuple[str, str]]:
-        """Re-queue (or fail) jobs whose lease expired; return ``(job_id, what happened)``.
+    def recover(self, full_scan: bool = False, lease_seconds: float | None = None) -> list[tuple[str, str]]:
+        """Re-queue (or fail) jobs whose worker stopped heartbeating; see :mod:`dr_exp.recovery`."""
+        from dr_exp.recovery import recover
 
-        Expiry compares lease mtimes with the file server's clock (:meth:`ExperimentStore.server_now`).
-        ``full_scan`` also finds running records whose lease file is missing altogether.
-        """
-        if not self.store.exists():
-            return []
-        store = self.store
-        now = store.server_now()
-        done: list[tuple[str, str]] = []
-        for name in store.list_dir(store.leases_dir):
-            if name.startswith(".") or not name.endswith(".json"):
-                continue
-            job_id = name[:-5]
-            lease = store.read_lease(job_id)
-            if lease is None:
-                continue
-            content, mtime = lease
-            ttl = float(content.get("lease_seconds", DEFAULT_LEASE_SECONDS))
-            if now - mtime > ttl:
-                what = self._recover_one(job_id, now)
-                if what:
-                    done.append((job_id, what))
-        # A claimed marker whose claimer died before it wrote a lease.
-        for name in store.list_dir(store.claimed_dir):
-            job_id = name.split("-", 2)[-1]
-            try:
-                age = now - os.stat(store.claimed_dir / name).st_ctime
-            except FileNotFoundError:
-                continue
-            if age > DEFAULT_LEASE_SECONDS and not store.lease_path(job_id).exists():
-                with store.lock(job_id):
-                    rec = self.read_or_none(job_id)
-                    if rec is not None and rec.status == Status.PENDING:
-                        store.requeue_claimed_marker(name)
-                        done.append((job_id, "stale claim returned to the queue"))
-        if full_scan:
-            for rec in store.iter_records():
-                if rec.status == Status.RUNNING and not store.lease_path(rec.id).exists():
-                    age = now - os.stat(store.record_path(rec.id)).st_mtime
-                    if age > DEFAULT_LEASE_SECONDS:
-                        what = self._recover_one(rec.id, now, lease_missing=True)
-                        if what:
-                            done.append((rec.id, what))
-        return done
+        return recover(self, full_scan, lease_seconds or env_float("DR_EXP_LEASE_SECONDS", DEFAULT_LEASE_SECONDS))
 
-    def read_or_none(self, job_id: str) -> JobRecord | None:
-        """The record, or None if it is missing or unreadable."""
-        try:
-            return self.store.read_record(job_id)
-        except (JobNotFound, CorruptRecord):
+    def lose(self, attempt: Attempt, reason: str) -> JobRecord | None:
+        """The attempt's worker was lost (its lease expired): the policy re-queues or fails it.
+        Callers have checked, under the record's lock, that the lease really expired."""
+        def apply(rec: JobRecord) -> None:
+            rec.worker_losses += 1
+            checkpoint = self.run_dir(rec).last_checkpoint()
+            resume = self.run_dir(rec).relative(checkpoint) if checkpoint else rec.resume_from
+            new = next_after(rec, Ending.WORKER_LOST)
+            if new == Status.PENDING:
+                transition(rec, new, reason, resume_from=resume, worker_id=None)
+            else:
+                transition(rec, new, f"{reason}; lost {rec.worker_losses} workers, no more allowed",
+                           finished_at=time.time(),
+                           error={"type": "WorkerLost", "message": f"{reason}; {rec.worker_losses} workers lost"})
+        return self._end_locked(attempt, apply)
+
+    def _end_locked(self, attempt: Attempt, apply: Any) -> JobRecord | None:
+        """:meth:`_end` for callers that already hold the record's lock."""
+        rec = self.read_or_none(attempt.job_id)
+        if rec is None or not _owner(rec, attempt):
             return None
-
-    def _recover_one(self, job_id: str, now: float, lease_missing: bool = False) -> str | None:
-        store = self.store
-        with store.lock(job_id):
-            lease = store.read_lease(job_id)
-            if not lease_missing:
-                if lease is None:
-                    return None
-                content, mtime = lease
-                if now - mtime <= float(content.get("lease_seconds", DEFAULT_LEASE_SECONDS)):
-                    return None  # refreshed meanwhile
-            rec = self.read_or_none(job_id)
-            if rec is None or rec.status != Status.RUNNING:
-                store.remove_lease(job_id)
-                if rec is not None and rec.status == Status.PENDING:
-                    # Its claimer died between taking the lease and recording `running`.
-                    if not store.requeue_claimed_marker(rec.marker):
-                        store.add_marker(rec, exist_ok=True)
-                    return "claimer died before starting it; returned to the queue"
-                return None
-            checkpoint = last_checkpoint(store.run_dir(job_id)) or rec.resume_from
-            lost = f"worker {rec.worker_id} lost (lease expired)"
-            if rec.failed_attempts < rec.max_attempts:
-                transition(rec, Status.PENDING, lost, resume_from=checkpoint, worker_id=None)
-                store.write_record(rec)
-                store.remove_lease(job_id)
-                store.add_marker(rec)
-                return f"re-queued (attempt {rec.attempts} of {rec.max_attempts} lost)"
-            transition(rec, Status.FAILED, lost, finished_at=time.time(),
-                       error={"type": "WorkerLost", "message": f"{lost}; no attempts left"})
-            store.write_record(rec)
-            store.remove_lease(job_id)
-            return "failed (no attempts left)"
-
-    def require(self) -> None:
-        """Raise a clear error if the experiment directory does not exist."""
-        if not self.store.exists():
-            raise StorageError(
-                f"no experiment at {self.store.root}; check --base-path/--experiment "
-                "(or DR_EXP_BASE_PATH/DR_EXP_EXPERIMENT), or submit a job first"
-            )
+        apply(rec)
+        self.store.end_attempt(attempt, rec)
+        return rec
 
 
-def last_checkpoint(run_dir: str | os.PathLike[str]) -> str | None:
-    """``checkpoints/last.ckpt`` if present, else the newest ``last.ckpt`` below ``checkpoints/``
-    (multi-stage runs keep one folder per stage), else the newest checkpoint file there."""
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
-    if last.is_file():
-        return str(last)
-    if not ckpt_dir.is_dir():
+def _owner(rec: JobRecord, attempt: Attempt) -> bool:
+    return rec.status == Status.RUNNING and rec.attempts == attempt.number and rec.worker_id == attempt.worker_id
+
+
+def parse_statuses(status: str | Iterable[str] | None) -> set[str] | None:
+    if not status:
         return None
-    for pattern in ("**/last.ckpt", "**/*"):
-        files = [p for p in ckpt_dir.glob(pattern) if p.is_file() and not p.name.startswith(".")]
-        if files:
-            return str(max(files, key=lambda p: p.stat().st_mtime))
-    return None
+    statuses = {s.strip() for s in (status.split(",") if isinstance(status, str) else status)}
+    bad = statuses - {s.value for s in Status}
+    if bad:
+        raise DrExpError(f"unknown status {', '.join(sorted(bad))}; use one of {', '.join(s.value for s in Status)}")
+    return statuses
+
+
+def _positive_int(value: Any, key: str) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or value < 1:
+        raise DrExpError(f"the config's {key}: {value!r} must be an integer of at least 1")
+    return value
+
+
+def _positive_number(value: Any, key: str) -> float | None:
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not value > 0:
+        raise DrExpError(f"the config's {key}: {value!r} must be a positive number of seconds")
+    return float(value)
+
+
+__all__ = ["DEFAULT_BASE_PATH", "DEFAULT_EXPERIMENT", "DEFAULT_HEARTBEAT_SECONDS", "DEFAULT_LEASE_SECONDS",
+           "FINISHED", "NO_SPACE", "Experiment", "SubmitResult", "env_float"]

@@ -1,4 +1,6 @@
-"""The job record: one versioned JSON object per job, at ``jobs/<job_id>.json``."""
+"""The job record: one versioned JSON object per job, at ``jobs/<job_id>.json``, checked against
+its schema whenever it is read (a record that parses but has fields of the wrong type is as
+unreadable as one that does not parse)."""
 
 from __future__ import annotations
 
@@ -9,15 +11,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from dr_exp.layout import MAX_PRIORITY, MIN_PRIORITY, is_job_id, marker_name
 from dr_exp.state import Status
 
 RECORD_VERSION = 1
-MIN_PRIORITY, MAX_PRIORITY = 0, 1000
 DEFAULT_PRIORITY = 100
 DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_MAX_WORKER_LOSSES = 10
 
-# Keys that change how a run is scheduled or resumed, not what it computes; they do not
-# take part in the config hash that identifies a run.
+# Keys that change how a run is scheduled or resumed, not what it computes: they never reach a
+# trainer (submit moves ``timeout``/``max_attempts`` into record fields) and do not take part in
+# the config hash that identifies a run.
 RUNTIME_KEYS = frozenset({"resume_from", "timeout", "max_attempts", "job_id", "worker_id", "storage_path"})
 
 
@@ -26,11 +30,6 @@ def config_hash(config: dict[str, Any]) -> str:
     payload = {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def queue_marker_name(priority: int, seq: int, job_id: str) -> str:
-    """Marker names sort in claim order: higher priority first, then FIFO by submit time."""
-    return f"{MAX_PRIORITY - priority:04d}-{seq:020d}-{job_id}"
 
 
 @dataclass
@@ -53,18 +52,22 @@ class JobRecord:
     config_hash: str = ""
     sweep_id: str | None = None
     sweep_params: dict[str, str] = field(default_factory=dict)
-    attempts: int = 0
+    attempts: int = 0                # claims so far; each attempt has its own number and lease
+    attempt_base: int = 0            # ``attempts`` when the job was last retried by a user
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    preemptions: int = 0
+    preemptions: int = 0             # attempts handed back (pre-empted, worker could not write)
+    worker_losses: int = 0           # attempts whose worker was lost (lease expired)
+    max_worker_losses: int = DEFAULT_MAX_WORKER_LOSSES
     timeout: float | None = None
     worker_id: str | None = None
     host: str | None = None
-    storage_path: str = ""
-    resume_from: str | None = None
+    storage_path: str = ""           # the run directory, relative to the experiment directory
+    resume_from: str | None = None   # a checkpoint, relative to the run directory
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     sync: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    rev: int = 0                     # bumped by every write; readers keep the highest they saw
     version: int = RECORD_VERSION
 
     def __post_init__(self) -> None:
@@ -75,12 +78,13 @@ class JobRecord:
 
     @property
     def marker(self) -> str:
-        return queue_marker_name(self.priority, self.seq, self.id)
+        return marker_name(self.priority, self.seq, self.id)
 
     @property
     def failed_attempts(self) -> int:
-        """Attempts that count against ``max_attempts`` (pre-emptions do not)."""
-        return self.attempts - self.preemptions
+        """Attempts since the last retry that count against ``max_attempts`` (hand-backs and
+        lost workers do not)."""
+        return self.attempts - self.attempt_base - self.preemptions - self.worker_losses
 
     @property
     def duration(self) -> float | None:
@@ -92,7 +96,7 @@ class JobRecord:
     def to_dict(self) -> dict[str, Any]:
         # Shallow on purpose: the values are JSON data already, and dataclasses.asdict's deep
         # copy dominated the cost of a claim.
-        return {name: getattr(self, name) for name in _FIELD_NAMES}
+        return {name: getattr(self, name) for name in FIELD_NAMES}
 
     def to_json(self) -> str:
         # Compact on purpose: json's C encoder is used only without indent, and records are
@@ -100,21 +104,105 @@ class JobRecord:
         return json.dumps(self.to_dict(), default=str) + "\n"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
+    def from_dict(cls, data: Any) -> JobRecord:
+        """A record from parsed JSON; ValueError names the first field that breaks the schema."""
         if not isinstance(data, dict):
             raise ValueError("record is not a JSON object")
         version = data.get("version", RECORD_VERSION)
+        if type(version) is not int:
+            raise ValueError(f"field 'version' is {version!r}, not an integer")
         if version > RECORD_VERSION:
             raise ValueError(f"record version {version} is newer than this dr_exp ({RECORD_VERSION}); upgrade dr_exp")
         missing = _REQUIRED_FIELDS - data.keys()
         if missing:
             raise ValueError(f"record lacks {', '.join(sorted(missing))}")
-        if data.get("status") not in _STATUS_VALUES:
-            raise ValueError(f"unknown status {data.get('status')!r}")
+        for name, value in data.items():
+            check = _CHECKS.get(name)
+            if check is not None and not check(value):
+                raise ValueError(f"field {name!r} has the wrong type or value: {_short(value)}")
         return cls(**{k: v for k, v in data.items() if k in _FIELD_SET})
 
 
-_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(JobRecord))
-_FIELD_SET = frozenset(_FIELD_NAMES)
-_REQUIRED_FIELDS = frozenset({"id", "experiment", "config"})
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of one job, owned by one worker: what the lifecycle operations take.
+
+    The lease file is per attempt, so whoever holds an ``Attempt`` can only ever refresh, end
+    or lose its own attempt, never the one that replaced it."""
+
+    job_id: str
+    number: int
+    worker_id: str
+    lease_path: str
+    lease_seconds: float
+    record: JobRecord = field(compare=False, repr=False)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int
+
+
+def _is_num(v: Any) -> bool:
+    return type(v) in (int, float)
+
+
+def _opt(check: Any) -> Any:
+    return lambda v: v is None or check(v)
+
+
+def _is_str(v: Any) -> bool:
+    return type(v) is str
+
+
+def _str_list(v: Any) -> bool:
+    return type(v) is list and all(type(x) is str for x in v)
+
+
+def _history(v: Any) -> bool:
+    return type(v) is list and all(type(h) is dict and type(h.get("to")) is str for h in v)
+
+
 _STATUS_VALUES = frozenset(s.value for s in Status)
+_CHECKS: dict[str, Any] = {
+    "id": lambda v: type(v) is str and is_job_id(v),
+    "experiment": _is_str,
+    "config": lambda v: type(v) is dict,
+    "status": lambda v: v in _STATUS_VALUES,
+    "priority": lambda v: type(v) is int and MIN_PRIORITY <= v <= MAX_PRIORITY,
+    "tags": _str_list,
+    "created_at": _is_num,
+    "updated_at": _is_num,
+    "started_at": _opt(_is_num),
+    "finished_at": _opt(_is_num),
+    "seq": lambda v: type(v) is int and v >= 0,
+    "config_path": _opt(_is_str),
+    "config_name": _opt(_is_str),
+    "overrides": _str_list,
+    "config_hash": _is_str,
+    "sweep_id": _opt(_is_str),
+    "sweep_params": lambda v: type(v) is dict and all(type(x) is str for x in v.values()),
+    "attempts": lambda v: _is_int(v) and v >= 0,
+    "attempt_base": lambda v: _is_int(v) and v >= 0,
+    "max_attempts": lambda v: _is_int(v) and v >= 1,
+    "preemptions": lambda v: _is_int(v) and v >= 0,
+    "worker_losses": lambda v: _is_int(v) and v >= 0,
+    "max_worker_losses": lambda v: _is_int(v) and v >= 1,
+    "timeout": _opt(lambda v: _is_num(v) and v > 0),
+    "worker_id": _opt(_is_str),
+    "host": _opt(_is_str),
+    "storage_path": _is_str,
+    "resume_from": _opt(_is_str),
+    "result": _opt(lambda v: type(v) is dict),
+    "error": _opt(lambda v: type(v) is dict),
+    "sync": _opt(lambda v: type(v) is dict),
+    "history": _history,
+    "rev": lambda v: _is_int(v) and v >= 0,
+}
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(JobRecord))
+_FIELD_SET = frozenset(FIELD_NAMES)
+_REQUIRED_FIELDS = frozenset({"id", "experiment", "config", "status", "seq"})  # seq names its marker

@@ -20,6 +20,8 @@ from dr_exp.api import Experiment
 from dr_exp.errors import DrExpError
 
 FORWARDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+HEALTHY_SECONDS = 60.0  # a worker that ran this long before dying restarts with the shortest back-off
+MAX_BACKOFF = 32.0
 
 
 def visible_gpus(environ: dict[str, str] | None = None) -> list[str]:
@@ -98,7 +100,7 @@ class Launcher:
 
     def run(self) -> int:
         self.exp.store.ensure()
-        handler = logging.FileHandler(self.exp.store.logs_dir / f"launcher-{self.launcher_id}.log")
+        handler = logging.FileHandler(self.exp.layout.launcher_log(self.launcher_id))
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         self.log.addHandler(handler)
         self.log.setLevel(logging.INFO)
@@ -113,6 +115,7 @@ class Launcher:
         stopping = False
         forwarded = 0
         failures = 0
+        gave_up = 0
         while True:
             while forwarded < len(self.signals):
                 signum = self.signals[forwarded]
@@ -146,12 +149,15 @@ class Launcher:
                     continue
                 failures += 1
                 slot.restarts += 1
-                if slot.restarts > self.opts.max_restarts:
-                    self.log.error("worker %d died %d times; giving up on it", slot.index, slot.restarts)
-                    slot.done = True
-                    continue
                 ran = time.monotonic() - slot.started_at
-                backoff = 1.0 if ran > 60 else min(60.0, 2.0 ** min(slot.restarts, 6) / 2)
+                if ran > HEALTHY_SECONDS:
+                    slot.restarts = 1  # it ran healthily for a while: start its back-off afresh
+                if slot.restarts > self.opts.max_restarts:
+                    self.log.error("worker %d died %d times in a row; giving up on it", slot.index, slot.restarts)
+                    slot.done = True
+                    gave_up += 1
+                    continue
+                backoff = min(MAX_BACKOFF, 2.0 ** min(slot.restarts, 6) / 2)
                 self.log.warning("worker %d died (exit %s); restarting in %.0fs", slot.index, code, backoff)
                 slot.proc = None
                 slot.restart_at = time.monotonic() + backoff
@@ -162,6 +168,9 @@ class Launcher:
         if stopping and self.signals and self.opts.requeue_allocation:
             self._requeue_allocation()
         self.log.info("launcher %s exits (%d worker deaths)", self.launcher_id, failures)
+        if gave_up == len(self.slots):
+            raise DrExpError(f"every worker died {self.opts.max_restarts + 1} times in a row, so the launcher gave up; "
+                             f"see the worker logs in {self.exp.layout.logs_dir}")
         return 0
 
     def _requeue_allocation(self) -> None:

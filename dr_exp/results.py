@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from dr_exp.job import JobRecord
-from dr_exp.store import read_jsonl
+from dr_exp.layout import Layout
+from dr_exp.rundir import RunDir
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -83,8 +85,10 @@ def to_dataframe(rows: list[dict[str, Any]]) -> Any:
     return pd.DataFrame(rows, columns=columns_of(rows))
 
 
-def curves(records: Iterable[JobRecord], metric: str, phase: str = "epoch") -> dict[str, list[tuple[int, float]]]:
-    """Per job, the ``(epoch, value)`` points of ``metric`` from its ``metrics.jsonl``.
+def curves(records: Iterable[JobRecord], metric: str, root: str | os.PathLike[str],
+           phase: str = "epoch", problems: list[str] | None = None) -> dict[str, list[tuple[int, float]]]:
+    """Per job, the ``(epoch, value)`` points of ``metric`` from its ``metrics.jsonl`` (run
+    directories are found below the experiment directory ``root``).
 
     Rows are keyed by epoch (and stage, for multi-stage runs): a resumed run that logged an
     epoch again keeps the last value, so every epoch appears once.
@@ -92,11 +96,14 @@ def curves(records: Iterable[JobRecord], metric: str, phase: str = "epoch") -> d
     out: dict[str, list[tuple[int, float]]] = {}
     for rec in records:
         points: dict[tuple[str, int], float] = {}
-        for row in read_jsonl(Path(rec.storage_path) / "metrics.jsonl"):
+        run = RunDir(Path(root) / (rec.storage_path or Layout.run_dir_relative(rec.id)))
+        for row in run.read_metrics(problems if problems is not None else []):
             if row.get("phase", phase) != phase or metric not in row or "epoch" not in row:
                 continue
-            stage = str(row.get("stage", ""))
-            points[(stage, int(row["epoch"]))] = float(row[metric])
+            try:
+                points[(str(row.get("stage", "")), int(row["epoch"]))] = float(row[metric])
+            except (TypeError, ValueError):
+                continue
         # Stages restart their epoch count; lay them end to end.
         series: list[tuple[int, float]] = []
         base = 0

@@ -1,13 +1,20 @@
-"""What runs inside a job's child process: redirect output, call the trainer, write the outcome.
+"""What runs inside a job's child process: redirect output, call the trainer, report the outcome.
 
-The child reports back through files only (``result.json``, ``error.txt`` and an outcome file
-the worker reads), so the worker can tell a clean finish from a crash by whether the outcome
-file exists, whatever happened to the child.
+The child reports back through files only: the trainer's result in ``result.json`` and how the
+attempt ended in its outcome file (:meth:`RunDir.outcome`), which the worker reads. The worker
+can tell a clean end from a crash by whether the outcome file exists, whatever happened to the
+child, and it alone turns the outcome into a record change (and ``error.txt``).
+
+The trainer contract: a target with a ``config`` (or ``cfg``) parameter receives the composed
+config as a ``DictConfig`` plus the runtime keywords it declares (``job_id``, ``worker_id``,
+``storage_path``, ``resume_from``, ``attempt``); any other target receives the config's keys as
+keywords plus the runtime keywords it accepts (see :mod:`dr_exp.targets`).
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import signal
@@ -19,24 +26,26 @@ from pathlib import Path
 from typing import Any
 
 # Imported here, not in run_job: the worker's fork server preloads this module, so every job
-# child starts with Hydra already imported.
+# child starts with Hydra and OmegaConf already imported.
 import hydra.utils
 from hydra.errors import InstantiationException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from dr_exp import preemption
+from dr_exp import fence, preemption
+from dr_exp.errors import DrExpError
+from dr_exp.fileio import atomic_write
 from dr_exp.logging.structured_logger import StructuredLogger
-from dr_exp.store import atomic_write
+from dr_exp.rundir import RunDir
+from dr_exp.targets import locate, trainer_form
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+_IO_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 
 
 class TrainerExit(Exception):
     """The trainer called ``sys.exit``."""
-
-
-def outcome_path(run_dir: str | os.PathLike[str], attempt: int) -> Path:
-    return Path(run_dir) / f".outcome-{attempt}.json"
 
 
 def _die_with(parent_pid: int) -> None:
@@ -51,7 +60,7 @@ def _die_with(parent_pid: int) -> None:
             try:
                 os.kill(parent_pid, 0)
             except ProcessLookupError:
-                os._exit(137)
+                os.killpg(os.getpgrp(), signal.SIGKILL)
             except PermissionError:
                 pass
             time.sleep(1.0)
@@ -71,70 +80,135 @@ def _redirect_output(log_path: Path) -> None:
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
 
 
+def _report(run: RunDir, attempt: int, outcome: dict[str, Any]) -> None:
+    fence.guard()
+    atomic_write(run.outcome(attempt), json.dumps(outcome, default=str))
+
+
+def normalize_result(value: Any, run: RunDir) -> dict[str, Any]:
+    """What a trainer returned, as the record's ``result``: ``metrics`` (or the guide's
+    ``final_metrics``) as plain numbers, ``artifacts`` as a dict (a list is numbered) with paths
+    inside the run directory made relative to it, and any other keys kept as JSON."""
+    if not isinstance(value, dict):
+        value = {"metrics": {}, "value": value}
+    out = json.loads(json.dumps(value, default=_plain))
+    metrics = out.pop("metrics", None)
+    final = out.pop("final_metrics", None)
+    out["metrics"] = {**(final if isinstance(final, dict) else {}), **(metrics if isinstance(metrics, dict) else {})}
+    artifacts = out.get("artifacts") or {}
+    if isinstance(artifacts, list):
+        artifacts = {str(i): a for i, a in enumerate(artifacts)}
+    if not isinstance(artifacts, dict):
+        artifacts = {"value": artifacts}
+    out["artifacts"] = {k: run.relative(v) if isinstance(v, str) and os.path.isabs(v) else v
+                        for k, v in artifacts.items()}
+    for key, v in list(out.items()):
+        if key.endswith(("_path", "_model_path")) and isinstance(v, str) and os.path.isabs(v):
+            out[key] = run.relative(v)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """json default: numbers hiding in tensors/numpy scalars become numbers, the rest strings."""
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            return item()
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+def _call_trainer(config: dict[str, Any], runtime: dict[str, Any]) -> Any:
+    target = config["_target_"]
+    fn = locate(target, "the job config")
+    keys = [k for k in config if not k.startswith("_")]
+    form = trainer_form(fn, keys, "the job config")
+    given = {k: runtime[k] for k in form.runtime}
+    if form.var_keyword:
+        # The classic contract: train(*, job_id, worker_id, storage_path, **config), with
+        # resume_from among the keywords only when resuming.
+        given.update((k, runtime[k]) for k in ("job_id", "worker_id", "storage_path") if k not in given)
+        if runtime["resume_from"] is not None:
+            given.setdefault("resume_from", runtime["resume_from"])
+    if form.config_param is not None:
+        cfg = OmegaConf.create({k: v for k, v in config.items() if k != "_target_"})
+        return fn(**{form.config_param: cfg}, **given)
+    try:
+        return hydra.utils.call(OmegaConf.create(config), **given, _recursive_=False)
+    except InstantiationException as exc:
+        # Hydra wraps what the trainer raised; report the trainer's own exception.
+        raise (exc.__cause__ or exc) from None
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    """Errors that would repeat on every attempt: bad config, missing data, an env var unset."""
+    if getattr(exc, "retryable", True) is False:
+        return True
+    return isinstance(exc, (DrExpError, OmegaConfBaseException))
+
+
 def run_job(spec: dict[str, Any]) -> int:
     """Run one attempt of one job. ``spec`` carries the config and the runtime ids.
 
     Returns the process exit status; in the foreground (``job run-one``) it is returned, in
     a child it becomes the exit code.
     """
-    run_dir = Path(spec["storage_path"])
+    run = RunDir(Path(spec["run_dir"]))
     attempt = int(spec["attempt"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["DR_EXP_JOB_ID"] = spec["job_id"]
-    os.environ["DR_EXP_WORKER_ID"] = spec["worker_id"]
-    os.environ["DR_EXP_ATTEMPT"] = str(attempt)
-    os.environ["DR_EXP_RUN_DIR"] = str(run_dir)
-    config = dict(spec["config"])
-    if spec.get("resume_from"):
-        config["resume_from"] = spec["resume_from"]
-    logger = StructuredLogger(run_dir, spec["job_id"], spec["worker_id"])
-    logger.log_config(config)
-    logger.log_event("resumed" if spec.get("resume_from") else "started",
-                     {"attempt": attempt, "pid": os.getpid(), "resume_from": spec.get("resume_from"),
+    os.environ.update(DR_EXP_JOB_ID=spec["job_id"], DR_EXP_WORKER_ID=spec["worker_id"],
+                      DR_EXP_ATTEMPT=str(attempt), DR_EXP_RUN_DIR=str(run.root))
+    if spec.get("lease_path"):
+        fence.Fence(spec["lease_path"], float(spec["lease_seconds"]), str(run.outcome(attempt))).start()
+    logger = StructuredLogger(run.root, spec["job_id"], spec["worker_id"], attempt)
+    resume = run.resolve(spec.get("resume_from"))
+    logger.log_event("resumed" if resume else "started",
+                     {"pid": os.getpid(), "resume_from": spec.get("resume_from"),
                       "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")})
-    out = outcome_path(run_dir, attempt)
-    t0 = time.time() - 1.0  # mtime granularity
+    runtime = {"job_id": spec["job_id"], "worker_id": spec["worker_id"], "storage_path": str(run.root),
+               "resume_from": str(resume) if resume else None, "attempt": attempt}
     try:
         try:
-            result = hydra.utils.call(config, job_id=spec["job_id"], worker_id=spec["worker_id"],
-                                      storage_path=str(run_dir), _recursive_=False)
+            # Resolved here, on the node that runs the job: ${oc.env:...} lookups included.
+            resolved = OmegaConf.to_container(OmegaConf.create(spec["config"]), resolve=True)
+            logger.log_config(resolved)  # type: ignore[arg-type]
+            result = _call_trainer(spec["config"], runtime)
         except InstantiationException as exc:
-            # Hydra wraps what the trainer raised; report the trainer's own exception.
             raise (exc.__cause__ or exc) from None
     except preemption.Preempted as exc:
-        logger.log_event("checkpoint", {"path": exc.resume_from, "reason": "preempted"})
-        atomic_write(out, json.dumps({"status": "preempted", "resume_from": exc.resume_from}))
+        _report(run, attempt, {"status": "preempted", "resume_from": run.relative(exc.resume_from)})
         return EXIT_OK
     except BaseException as exc:  # noqa: BLE001 - everything a trainer raises is a job failure
         if isinstance(exc, SystemExit):
             exc = TrainerExit(f"trainer called sys.exit({exc.code!r}) instead of returning a result")
-        error_txt = run_dir / "error.txt"
-        if not error_txt.exists() or error_txt.stat().st_mtime < t0:  # the trainer did not log it itself
-            logger.log_error(exc, {"attempt": attempt})
-        atomic_write(out, json.dumps({
+        io_errno = exc.errno if isinstance(exc, OSError) and exc.errno in _IO_ERRNOS else None
+        _report(run, attempt, {
             "status": "failed", "type": type(exc).__name__, "message": str(exc)[:2000] or repr(exc),
+            "fatal": _is_fatal(exc), "errno": io_errno,
             "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-8000:],
-        }))
+        })
         return EXIT_FAILED
-    if not isinstance(result, dict):
-        result = {"metrics": {}, "artifacts": {}, "value": result}
-    result = json.loads(json.dumps(result, default=str))  # plain JSON, whatever came back
-    atomic_write(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
-    atomic_write(out, json.dumps({"status": "completed"}))
+    normalized = normalize_result(result, run)
+    fence.guard()
+    atomic_write(run.result, json.dumps(normalized, indent=2) + "\n")
+    _report(run, attempt, {"status": "completed"})
     return EXIT_OK
 
 
 def child_main(spec: dict[str, Any]) -> None:
     """Entry point of the job's child process (run through the worker's fork server)."""
-    os.setpgrp()  # a SIGINT at the worker's terminal is the worker's to handle, not the job's
+    os.setpgrp()  # the job's own process group: it, and anything it starts, can be stopped as one
     _die_with(int(spec["worker_pid"]))
     preemption.reset()
     preemption.install_handler(signal.SIGUSR1)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _redirect_output(Path(spec["storage_path"]) / "logs" / "train.log")
+    _redirect_output(RunDir(Path(spec["run_dir"])).train_log)
     print(f"[dr_exp] job {spec['job_id']} attempt {spec['attempt']} on worker {spec['worker_id']}", flush=True)
     code = run_job(spec)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+

@@ -19,7 +19,7 @@ from typing import Any
 
 from dr_exp.api import Experiment
 from dr_exp.errors import DrExpError
-from dr_exp.store import append_line, atomic_write, read_jsonl
+from dr_exp.fileio import append_line, atomic_write, read_jsonl
 
 _TIME_RE = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
 
@@ -52,7 +52,7 @@ class SlurmRequest:
 def render_script(exp: Experiment, req: SlurmRequest, python: str | None = None) -> str:
     """A complete sbatch script for one launcher allocation (or an array of them)."""
     req.validate()
-    logs = exp.store.logs_dir
+    logs = exp.layout.logs_dir
     lines = ["#!/usr/bin/env bash", f"#SBATCH --job-name=dr_exp-{exp.name}"]
     lines.append(f"#SBATCH --gres=gpu:{req.gpus_per_job}" if req.gpus_per_job else "#SBATCH --gres=none")
     lines += [f"#SBATCH --cpus-per-task={req.cpus_per_task}", f"#SBATCH --time={req.time}",
@@ -89,7 +89,7 @@ def submit(exp: Experiment, req: SlurmRequest) -> list[str]:
                          "(or start a local cluster: bash scripts/slurm_local.sh start)")
     exp.store.ensure()
     script = render_script(exp, req)
-    slurm_dir = exp.store.root / "slurm"
+    slurm_dir = exp.layout.slurm_dir
     slurm_dir.mkdir(exist_ok=True)
     path = slurm_dir / f"submit-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6}.sh"
     atomic_write(path, script)
@@ -116,7 +116,7 @@ def _scontrol_state(job_id: str) -> dict[str, str]:
 
 def allocation_status(exp: Experiment) -> list[dict[str, Any]]:
     """One row per recorded allocation (array tasks expanded): state, elapsed, time left."""
-    recorded = read_jsonl(exp.store.root / "slurm" / "allocations.jsonl")
+    recorded = read_jsonl(exp.layout.slurm_dir / "allocations.jsonl", problems=[])
     if not recorded or shutil.which("squeue") is None:
         return [{"slurm_job": r["slurm_job_id"], "state": "unknown (no squeue here)"} for r in recorded]
     ids = [r["slurm_job_id"] for r in recorded]

@@ -1,67 +1,107 @@
-"""The files of one experiment on disk, and the atomic primitives over them.
+"""The job database on disk: records, queue markers, leases and the dedup index of one
+experiment, behind intent-level methods.
 
-Layout (``<base>/<experiment>/``)::
+Every trick that keeps the hot paths cheap lives inside this class and nowhere else:
 
-    jobs/<id>.json      the canonical record
-    jobs/.<id>.spare    empty until the first claim, then the record as it was before it
-    queue/<marker>      one empty file per claimable job; names sort in claim order
-    claimed/<marker>    a marker a worker has taken, until the record says ``running``
-    leases/<id>.json    heartbeat of a running job; its mtime is the heartbeat
-    locks/<xx>.lock     flock for read-modify-write of a record (256 stripes by id prefix)
-    index/<hash>        config hash -> job id, for dedup
-    quarantine/         records that would not parse
-    storage/run_<id>/   run directories
-    logs/               one log per worker
-    sync/               the durable S3 sync queue
+- **Create jobs** (:meth:`create_jobs`): all records and markers of a batch are staged as temp
+  files, made durable with one filesystem sync, then published by renames: a batch is queued
+  whole or not at all, and survives a power cut once the call returns.
+- **Begin an attempt** (:meth:`begin_attempt`): the claimed queue marker is renamed into the
+  attempt's lease (no new file), and the ``running`` record is written into the job's empty
+  spare file, which is then swapped with the pending record (``renameat2(RENAME_EXCHANGE)``),
+  so the claim frees no file either. Where the filesystem cannot swap (NFS) it renames.
+- **End an attempt** (:meth:`end_attempt`): the final record is written through the lease file
+  and renamed into ``jobs/``: one rename, no new file, and it works on a full disk because the
+  lease's blocks are already allocated.
 
-Only :func:`os.rename`, ``O_CREAT|O_EXCL`` and per-record ``flock`` are used for exclusion, all
-of which are atomic on local disks and on NFS.
+A file that has once been a record is never written again, so a reader holding an old record
+keeps reading exactly that version. Only :func:`os.rename`, ``O_CREAT|O_EXCL`` and per-record
+``flock`` are used for exclusion, all atomic on local disks and on NFS.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
-import re
-import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dr_exp.errors import CorruptRecord, JobNotFound, StorageError
-from dr_exp.fileio import append_line, atomic_write, exchange, overwrite, read_bytes, read_jsonl, replace_with  # noqa: F401
-from dr_exp.job import JobRecord
-from dr_exp.layout import Layout, validate_name
+from dr_exp.fileio import (
+    atomic_write,
+    list_dir,
+    overwrite,
+    read_bytes,
+    replace_with,
+    sync_filesystem,
+    write_new_files,
+)
+from dr_exp.job import Attempt, JobRecord
+from dr_exp.layout import (
+    JOB_ID_RE,
+    LOCK_STRIPES,
+    SUBDIRS,
+    Layout,
+    Marker,
+    is_job_id,
+    parse_lease_name,
+    parse_marker,
+)
 from dr_exp.lock import RecordLock
+from dr_exp.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-SUBDIRS = ("jobs", "queue", "claimed", "leases", "locks", "index", "quarantine", "storage", "logs", "sync")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_JOB_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_JOB_PREFIX_RE = re.compile(r"^[0-9a-f-]{4,36}$")
+# A record that fails to parse is read again a few times, for about DR_EXP_SETTLE_SECONDS in
+# all (default 0.5 s), before it counts as corrupt: on shared filesystems that cache attributes,
+# a record another node just replaced can read back cut short for a moment. Read-only listings,
+# which never act on what they cannot read, wait a tenth of that.
+_PAUSE_SHARES = (0.02, 0.1, 0.3, 0.58)
+SETTLE_ENV = "DR_EXP_SETTLE_SECONDS"
+# A corrupt record is quarantined only once it has been left alone this long (seconds, by the
+# file server's clock); younger ones may still be a stale view of a fresh write.
+QUARANTINE_AGE = 10.0
+_JOB_PREFIX_CHARS = frozenset("0123456789abcdef-")
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """A lease file as found on disk: whose attempt, its heartbeat and its declared length."""
+
+    job_id: str
+    attempt: int
+    path: str
+    mtime: float
+    content: dict[str, Any] | None  # None: unreadable or of the wrong shape
+
+    def lease_seconds(self, default: float) -> float:
+        value = (self.content or {}).get("lease_seconds")
+        return float(value) if type(value) in (int, float) and value > 0 else default
 
 
 class ExperimentStore:
-    """Paths and atomic operations of one experiment directory."""
+    """The files of one experiment directory (see :class:`dr_exp.layout.Layout`)."""
 
     def __init__(self, base_path: str | os.PathLike[str], experiment: str) -> None:
-        self.base_path = Path(base_path).expanduser().absolute()
-        self.experiment = validate_name(experiment)
-        self.root = self.base_path / self.experiment
-        self.layout = Layout(self.base_path, self.experiment)
-        for sub in SUBDIRS:
-            setattr(self, f"{sub}_dir", self.root / sub)
-        # Plain strings for the claim path, where building Path objects showed up in profiles.
-        self._jobs, self._queue, self._claimed, self._leases, self._locks = (
-            str(self.root / sub) for sub in ("jobs", "queue", "claimed", "leases", "locks"))
-        self._hostname = socket.gethostname()
+        self.layout = Layout(base_path, experiment)
+        self.base_path = self.layout.base_path
+        self.experiment = self.layout.experiment
+        self.root = self.layout.root
+        try:
+            settle = float(os.environ.get(SETTLE_ENV) or 0.5)
+        except ValueError:
+            raise StorageError(f"{SETTLE_ENV}={os.environ[SETTLE_ENV]!r} is not a number of seconds") from None
+        self._pauses = tuple(max(0.0, settle) * share for share in _PAUSE_SHARES)
 
     # -- setup ---------------------------------------------------------------------------
     def exists(self) -> bool:
-        return self.jobs_dir.is_dir()
+        return self.layout.jobs_dir.is_dir()
 
     def ensure(self) -> None:
         """Create the experiment directory tree (idempotent)."""
@@ -72,96 +112,111 @@ class ExperimentStore:
             raise StorageError(f"base path {self.base_path} is not usable: {probe} is not a directory; "
                                "pass a directory with --base-path or DR_EXP_BASE_PATH")
         if not os.access(probe, os.W_OK | os.X_OK):
-            raise StorageError(
-                f"base path {self.base_path} is not writable ({probe} denies it); "
-                "pass a writable --base-path or set DR_EXP_BASE_PATH"
-            )
+            raise StorageError(f"base path {self.base_path} is not writable ({probe} denies it); "
+                               "pass a writable --base-path or set DR_EXP_BASE_PATH")
+        locks = self.layout.locks
         try:
             for sub in SUBDIRS:
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
-            if not os.path.exists(f"{self._locks}/ff.lock"):
+            if not os.path.exists(f"{locks}/ff.lock"):
                 # All lock stripes up front, so that no claim pays for creating one.
-                for stripe in range(256):
-                    os.close(os.open(f"{self._locks}/{stripe:02x}.lock", os.O_WRONLY | os.O_CREAT, 0o644))
+                for stripe in range(LOCK_STRIPES):
+                    os.close(os.open(f"{locks}/{stripe:02x}.lock", os.O_WRONLY | os.O_CREAT, 0o644))
         except OSError as exc:
+            if exc.errno in NO_SPACE:
+                raise storage_error(exc, f"cannot create the experiment directory {self.root}") from None
             raise StorageError(f"base path {self.base_path} is not writable: cannot create {self.root} "
                                f"({exc.strerror}); pass a writable --base-path") from None
 
-    # -- paths -----------------------------------------------------------------------------
-    def record_path(self, job_id: str) -> Path:
-        return self.jobs_dir / f"{job_id}.json"
-
-    def run_dir(self, job_id: str) -> Path:
-        return self.storage_dir / f"run_{job_id}"
-
-    def lease_path(self, job_id: str) -> Path:
-        return Path(self.lease_file(job_id))
-
-    def lease_file(self, job_id: str) -> str:
-        return f"{self._leases}/{job_id}.json"
-
     def lock(self, job_id: str, timeout: float = 60.0) -> RecordLock:
-        """The lock guarding ``job_id``'s record. Locks are striped over 256 files (by the
-        id's first two hex digits): creating a file costs far more than locking one, and
-        locks are held for a read-modify-write only, so sharing a stripe costs nothing."""
-        return RecordLock(f"{self._locks}/{job_id[:2]}.lock", timeout)
+        """The lock guarding ``job_id``'s record, held only around a read-modify-write."""
+        return RecordLock(self.layout.lock_file(job_id), timeout)
 
-    # -- job ids -----------------------------------------------------------------------------
+    def run_dir(self, job_id: str) -> RunDir:
+        return self.layout.run_dir(job_id)
+
+    # -- job ids -------------------------------------------------------------------------
     def resolve_job_id(self, job_id: str) -> str:
         """Accept a full job id or a unique prefix of one (as git does with hashes)."""
         job_id = job_id.strip().lower()
-        if _JOB_ID_RE.match(job_id):
-            if self.record_path(job_id).exists():
+        if is_job_id(job_id):
+            if os.path.exists(self.layout.record(job_id)):
                 return job_id
             raise JobNotFound(job_id, str(self.root))
-        if not _JOB_PREFIX_RE.match(job_id):
+        if not (4 <= len(job_id) <= 36) or not set(job_id) <= _JOB_PREFIX_CHARS:
             raise StorageError(f"invalid job id {job_id!r}: job ids are UUIDs such as 3f2b9c1e-...; "
                                "run `dr_exp job list` to see them")
-        matches = [n[:-5] for n in self.list_dir(self.jobs_dir) if n.startswith(job_id) and n.endswith(".json")]
+        matches = [n[:-5] for n in list_dir(self.layout.jobs) if n.startswith(job_id) and n.endswith(".json")]
         if len(matches) == 1:
             return matches[0]
         if not matches:
             raise JobNotFound(job_id, str(self.root))
         raise StorageError(f"job id prefix {job_id!r} is ambiguous ({len(matches)} jobs); give more characters")
 
-    # -- records -------------------------------------------------------------------------------
-    def spare_path(self, job_id: str) -> str:
-        return f"{self._jobs}/.{job_id}.spare"
+    # -- records -------------------------------------------------------------------------
+    def read_record(self, job_id: str, settle: bool = True, quick: bool = False) -> JobRecord:
+        """The record of ``job_id``. One that does not parse, or parses into the wrong shape, is
+        read again a few times first (``settle``; briefly when ``quick``), and only then raises
+        :class:`CorruptRecord`."""
+        path = self.layout.record(job_id)
+        pauses = (self._pauses[:2] if quick else self._pauses) if settle else ()
+        reason = ""
+        for pause in (*pauses, None):
+            try:
+                raw = read_bytes(path)
+            except FileNotFoundError:
+                raise JobNotFound(job_id, str(self.root)) from None
+            except IsADirectoryError:
+                raise CorruptRecord(path, "is a directory, not a record") from None
+            try:
+                record = JobRecord.from_dict(json.loads(raw))
+            except (ValueError, TypeError, RecursionError) as exc:
+                reason = str(exc) or type(exc).__name__
+            else:
+                if record.id != job_id:
+                    raise CorruptRecord(path, f"holds the record of job {record.id}")
+                return record
+            if pause is not None:
+                time.sleep(pause)
+        raise CorruptRecord(path, reason)
 
-    def write_record(self, record: JobRecord, durable: bool = True, via: str | os.PathLike[str] | None = None,
-                     keep_old: bool = False) -> bool:
-        """Write the record atomically; ``via`` names an existing private file to use as the
-        temp file (see :func:`replace_with`), falling back to a fresh one. True if ``via`` was
-        used."""
-        data = record.to_json()
-        path = f"{self._jobs}/{record.id}.json"
-        if via is not None and replace_with(via, path, data, durable, keep_old):
-            return True
-        atomic_write(path, data, durable=durable)
-        return False
+    def write_record(self, record: JobRecord, durable: bool = True) -> None:
+        """Replace the record (callers hold its lock); each write bumps ``rev``."""
+        record.rev += 1
+        atomic_write(self.layout.record(record.id), record.to_json(), durable=durable)
 
-    def make_spare(self, job_id: str) -> None:
-        """An empty private file that the job's first claim writes its record through. The claim
-        swaps it with the pending record, which then stays at the spare's name, so claiming
-        frees no file (see :func:`replace_with`); later claims write through a fresh file."""
-        os.close(os.open(self.spare_path(job_id), os.O_WRONLY | os.O_CREAT, 0o644))
+    def record_ids(self) -> list[str]:
+        """Ids of all records (from the directory listing; nothing is read)."""
+        return [n[:-5] for n in list_dir(self.layout.jobs) if n.endswith(".json") and not n.startswith(".")]
 
-    def read_record(self, job_id: str) -> JobRecord:
-        path = f"{self._jobs}/{job_id}.json"
+    def iter_records(self, problems: list[str] | None = None) -> Iterator[JobRecord]:
+        """All readable records. One that cannot be read is skipped and described in
+        ``problems``; nothing is moved or changed (only :meth:`quarantine_if_corrupt` does)."""
+        for job_id in self.record_ids():
+            try:
+                yield self.read_record(job_id, quick=True)
+            except JobNotFound:
+                continue  # removed since the listing
+            except CorruptRecord as exc:
+                if problems is not None:
+                    problems.append(f"unreadable record {exc.path}: {exc.reason} (run `dr_exp validate`)")
+
+    def quarantine_if_corrupt(self, exc: CorruptRecord) -> Path | None:
+        """Move a record that still fails to parse aside, if it has been left alone for a while
+        (a fresh one may be a stale view of another node's write). Returns where it went."""
         try:
-            raw = read_bytes(path)
+            age = self.server_now() - os.stat(exc.path).st_mtime
         except FileNotFoundError:
-            raise JobNotFound(job_id, str(self.root)) from None
-        try:
-            return JobRecord.from_dict(json.loads(raw))
-        except (ValueError, TypeError) as exc:
-            raise CorruptRecord(path, str(exc)) from None
+            return None
+        if age < QUARANTINE_AGE:
+            return None
+        return self.quarantine(exc.path, exc.reason)
 
     def quarantine(self, path: str | os.PathLike[str], reason: str) -> Path:
-        """Move an unreadable file aside so it never blocks a worker or a listing."""
+        """Move an unreadable file aside (with its reason) so it never blocks a worker or a listing."""
         path = Path(path)
-        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-        dest = self.quarantine_dir / f"{path.name}.{time.time_ns()}"
+        self.layout.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        dest = self.layout.quarantine_dir / f"{path.parent.name}-{path.name}.{time.time_ns()}"
         try:
             os.rename(path, dest)
         except FileNotFoundError:
@@ -170,140 +225,324 @@ class ExperimentStore:
         log.warning("quarantined %s -> %s: %s", path, dest, reason)
         return dest
 
-    def iter_records(self, problems: list[str] | None = None) -> Iterator[JobRecord]:
-        """All readable records; corrupt ones are quarantined and described in ``problems``."""
-        for name in self.list_dir(self.jobs_dir):
-            if not name.endswith(".json") or name.startswith("."):
-                continue
-            job_id = name[:-5]
-            try:
-                yield self.read_record(job_id)
-            except JobNotFound:
-                continue  # removed since the listing
-            except CorruptRecord as exc:
-                dest = self.quarantine(exc.path, exc.reason)
-                if problems is not None:
-                    problems.append(f"quarantined unreadable record {exc.path} ({exc.reason}) -> {dest}")
+    # -- creating jobs ---------------------------------------------------------------------
+    def create_jobs(self, records: list[JobRecord]) -> None:
+        """Write a batch of new pending jobs: all of them, durably, or none.
 
-    # -- queue markers -------------------------------------------------------------------------
-    def add_marker(self, record: JobRecord, exist_ok: bool = False) -> None:
-        try:
-            fd = os.open(self.queue_dir / record.marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            if not exist_ok:
-                raise
+        Records, spares and markers are staged under hidden names first; one filesystem sync
+        makes them durable; renames then publish the records and, last, the markers (only a
+        marker makes a job claimable). If anything fails, what was staged or published is
+        removed again and the error is raised.
+        """
+        if not records:
             return
-        os.close(fd)
+        lay = self.layout
+        for rec in records:
+            rec.rev = 1
+        paths = [lay.record(r.id) for r in records]
+        markers = [lay.queued(r.marker) for r in records]
+        staged_markers = [f"{lay.queue}/.{r.marker}.tmp" for r in records]
+        temps: list[str] = []
+        made: list[str] = []  # spares and staged markers
+        published: list[str] = []
+        queued: list[str] = []
+        try:
+            temps = write_new_files((p, r.to_json().encode()) for p, r in zip(paths, records, strict=True))
+            for path in [lay.spare(r.id) for r in records] + staged_markers:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                made.append(path)
+            self._index_add(records)
+            sync_filesystem(lay.jobs)
+            for tmp, path in zip(temps, paths, strict=True):
+                os.replace(tmp, path)
+                published.append(path)
+            for staged, marker in zip(staged_markers, markers, strict=True):
+                os.rename(staged, marker)
+                queued.append(marker)
+            sync_filesystem(lay.jobs)
+        except BaseException:
+            kept: set[str] = set()
+            for marker, staged, rec in zip(markers, staged_markers, records, strict=True):
+                if marker not in queued:
+                    continue
+                try:  # withdraw it; a worker that took it already keeps its job
+                    os.rename(marker, staged)
+                except OSError:
+                    kept.add(rec.id)
+            for rec, tmp, path, staged in zip(records, temps or [None] * len(records), paths, staged_markers,
+                                              strict=True):
+                if rec.id in kept:
+                    continue
+                for victim in (tmp, path if path in published else None, staged,
+                               lay.spare(rec.id) if lay.spare(rec.id) in made else None):
+                    if victim is not None:
+                        try:
+                            os.unlink(victim)
+                        except OSError:
+                            pass
+            raise
 
+    # -- dedup index -----------------------------------------------------------------------
+    def _index_file(self, config_hash: str) -> str:
+        return f"{self.layout.index_dir}/{config_hash[:2]}.jsonl"
+
+    def _index_add(self, records: Iterable[JobRecord]) -> None:
+        """One appended line per job (``[hash, id]``), grouped per shard file."""
+        shards: dict[str, list[str]] = {}
+        for rec in records:
+            shards.setdefault(self._index_file(rec.config_hash), []).append(
+                json.dumps([rec.config_hash, rec.id]) + "\n")
+        for path, lines in shards.items():
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                data = "".join(lines).encode()
+                if os.write(fd, data) != len(data):
+                    raise OSError(errno.ENOSPC, f"short write to {path}")
+            finally:
+                os.close(fd)
+
+    def index_lookup(self, hashes: Iterable[str]) -> dict[str, list[str]]:
+        """Job ids submitted with each of ``hashes`` (oldest first)."""
+        wanted = set(hashes)
+        out: dict[str, list[str]] = {}
+        for shard in {self._index_file(h) for h in wanted}:
+            try:
+                data = read_bytes(shard)
+            except FileNotFoundError:
+                continue
+            for line in data.split(b"\n"):
+                try:
+                    config_hash, job_id = json.loads(line)
+                except (ValueError, TypeError):
+                    continue  # a torn last line, or an empty one
+                if config_hash in wanted:
+                    out.setdefault(config_hash, []).append(job_id)
+        return out
+
+    # -- the queue -------------------------------------------------------------------------
     def list_markers(self) -> list[str]:
-        return sorted(n for n in self.list_dir(self.queue_dir) if not n.startswith("."))
+        """Names of the queue's markers in claim order (anything else in ``queue/`` is ignored
+        here and reported by ``validate``)."""
+        return sorted(n for n in list_dir(self.layout.queue) if n[0] != "." and parse_marker(n) is not None)
 
-    def take_marker(self, name: str) -> bool:
+    def strays(self) -> list[tuple[str, str]]:
+        """Entries of ``queue/`` and ``claimed/`` that are not markers: (path, why)."""
+        out = []
+        for directory in (self.layout.queue, self.layout.claimed):
+            for name in list_dir(directory):
+                path = f"{directory}/{name}"
+                if name.startswith(".") and name.endswith(".tmp"):
+                    continue
+                if parse_marker(name) is None:
+                    out.append((path, "not a queue marker name"))
+                elif os.path.islink(path) or not os.path.isfile(path):
+                    out.append((path, "not a plain file"))
+        return out
+
+    def take(self, marker: str) -> bool:
         """Move a marker from queue/ to claimed/. Exactly one caller wins.
 
         Workers list the same queue, so many markers in a worker's batch are taken by others
         before it reaches them. They are looked up first: a failed rename costs more than a
         lookup, as the kernel serialises cross-directory renames per filesystem."""
-        src = f"{self._queue}/{name}"
+        src = self.layout.queued(marker)
         if not os.path.lexists(src):
             return False
         try:
-            os.rename(src, f"{self._claimed}/{name}")
+            os.rename(src, self.layout.claimed_marker(marker))
             return True
         except FileNotFoundError:
             return False
 
-    def drop_marker(self, record: JobRecord) -> None:
-        for directory in (self.queue_dir, self.claimed_dir):
+    def release(self, marker: str) -> bool:
+        """Put a claimed marker back in the queue (its job is still pending)."""
+        try:
+            os.rename(self.layout.claimed_marker(marker), self.layout.queued(marker))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def discard_claimed(self, marker: str) -> None:
+        """Drop a claimed marker whose job is no longer pending (or a stray in its place)."""
+        path = self.layout.claimed_marker(marker)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            self.quarantine(path, "a directory in place of a queue marker")
+
+    def enqueue(self, record: JobRecord) -> None:
+        """Make a pending job claimable (again)."""
+        try:
+            os.close(os.open(self.layout.queued(record.marker), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            pass
+
+    def dequeue(self, record: JobRecord) -> None:
+        """Withdraw a pending job's marker, wherever it is."""
+        for path in (self.layout.queued(record.marker), self.layout.claimed_marker(record.marker)):
             try:
-                os.unlink(directory / record.marker)
+                os.unlink(path)
             except FileNotFoundError:
                 pass
 
-    def requeue_claimed_marker(self, name: str) -> bool:
-        try:
-            os.rename(self.claimed_dir / name, self.queue_dir / name)
-            return True
-        except FileNotFoundError:
-            return False
+    def marker_state(self, record: JobRecord) -> str | None:
+        """``queue`` or ``claimed`` for where the job's marker is, or None."""
+        if os.path.lexists(self.layout.queued(record.marker)):
+            return "queue"
+        if os.path.lexists(self.layout.claimed_marker(record.marker)):
+            return "claimed"
+        return None
 
-    # -- leases --------------------------------------------------------------------------------
-    def write_lease(self, job_id: str, worker_id: str, lease_seconds: float, attempt: int,
-                    claimed_marker: str | None = None) -> None:
-        """Create the lease of a job being started. A claimed marker, when given, is renamed
-        into place rather than creating a new file (creates are the slowest step of a claim)."""
-        lease = {
-            "job_id": job_id,
-            "worker_id": worker_id,
-            "host": self._hostname,
-            "pid": os.getpid(),
-            "lease_seconds": lease_seconds,
-            "attempt": attempt,
-            "created_at": time.time(),
-        }
-        path = f"{self._leases}/{job_id}.json"
-        if claimed_marker is not None:
-            os.rename(f"{self._claimed}/{claimed_marker}", path)
+    def claimed_markers(self) -> list[tuple[Marker, float]]:
+        """Markers taken from the queue whose claim has not finished, with their ctime."""
+        out = []
+        for name in list_dir(self.layout.claimed):
+            marker = parse_marker(name)
+            if marker is None:
+                continue
+            try:
+                out.append((marker, os.stat(self.layout.claimed_marker(name)).st_ctime))
+            except FileNotFoundError:
+                continue
+        return out
+
+    # -- attempts --------------------------------------------------------------------------
+    def begin_attempt(self, marker: str, record: JobRecord, lease_seconds: float) -> Attempt:
+        """Start the attempt ``record.attempts`` that ``record`` (already ``running``) describes:
+        the claimed marker becomes its lease, and the record is written. Callers hold the lock."""
+        number = record.attempts
+        lease = self.layout.lease(record.id, number)
+        os.rename(self.layout.claimed_marker(marker), lease)
+        self._write_lease(lease, record, lease_seconds)
+        record.rev += 1
+        # No fsync here: the write is still atomic (readers on any node see the old or the new
+        # record), and if a power loss drops it, the job reads as pending with a lease that will
+        # expire -- exactly a claimer that died, which recovery re-queues.
+        if not replace_with(self.layout.spare(record.id), self.layout.record(record.id), record.to_json(),
+                            durable=False, keep_old=True):
+            atomic_write(self.layout.record(record.id), record.to_json(), durable=False)
+        return Attempt(record.id, number, record.worker_id or "", lease, lease_seconds, record)
+
+    def _write_lease(self, path: str, record: JobRecord, lease_seconds: float) -> None:
         # A lease is a heartbeat, not a durable fact: losing it in a crash only makes the job
-        # look expired sooner, so it is written in place without fsync (readers treat a torn
-        # lease as content-less; its mtime is what counts, and this write sets it to now).
+        # look expired sooner, so it is written in place without fsync (its mtime is what
+        # counts, and this write sets it to now).
+        lease = {"job_id": record.id, "attempt": record.attempts, "worker_id": record.worker_id,
+                 "host": self.layout.host, "pid": os.getpid(), "lease_seconds": lease_seconds,
+                 "created_at": time.time()}
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
             overwrite(fd, json.dumps(lease).encode(), path)
         finally:
             os.close(fd)
 
-    def read_lease(self, job_id: str) -> tuple[dict[str, Any], float] | None:
-        """The lease's content and its mtime (stamped by the file server), or None."""
-        path = self.lease_file(job_id)
+    def end_attempt(self, attempt: Attempt, record: JobRecord) -> None:
+        """Record the end of ``attempt`` (``record`` is its new state; callers hold the lock):
+        the record is written through the attempt's lease, which thereby disappears, and a job
+        that is pending again goes back in the queue."""
+        record.rev += 1
         try:
-            mtime = os.stat(path).st_mtime
-            content = json.loads(read_bytes(path))
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            return {}, mtime
-        return (content if isinstance(content, dict) else {}), mtime
+            via_lease = replace_with(attempt.lease_path, self.layout.record(record.id), record.to_json())
+        except IsADirectoryError:
+            self.quarantine(attempt.lease_path, "a directory in place of a lease")
+            via_lease = False
+        if not via_lease:
+            atomic_write(self.layout.record(record.id), record.to_json())
+        if record.status == "pending":
+            self.enqueue(record)
 
-    def touch_lease(self, job_id: str) -> bool:
-        """Refresh a lease's mtime; False if the lease is gone (the job was taken away)."""
+    def refresh_lease(self, attempt: Attempt) -> bool:
+        """Heartbeat: set the lease's mtime to now. False if it is gone (the attempt was taken
+        away); a lease that replaced it has another name and is never touched."""
         try:
-            os.utime(self.lease_path(job_id))
+            os.utime(attempt.lease_path)
             return True
         except FileNotFoundError:
             return False
 
-    def remove_lease(self, job_id: str) -> None:
+    def lease_alive(self, attempt: Attempt) -> bool:
+        return os.path.lexists(attempt.lease_path)
+
+    def remove_lease(self, job_id: str, number: int) -> None:
+        path = self.layout.lease(job_id, number)
         try:
-            os.unlink(self.lease_path(job_id))
+            os.unlink(path)
         except FileNotFoundError:
             pass
+        except IsADirectoryError:
+            self.quarantine(path, "a directory in place of a lease")
+
+    def leases(self, problems: list[str] | None = None) -> list[LeaseInfo]:
+        """Every lease on disk, judged on fresh attributes (each one is opened, which on NFS
+        revalidates cached attributes). Entries that are not leases are reported, not raised."""
+        out = []
+        for name in list_dir(self.layout.leases):
+            if name.startswith("."):
+                continue
+            parsed = parse_lease_name(name)
+            path = f"{self.layout.leases}/{name}"
+            if parsed is None:
+                if problems is not None:
+                    problems.append(f"{path}: not a lease file name")
+                continue
+            info = self.read_lease(*parsed)
+            if info is None:
+                continue
+            if info.content is None and problems is not None:
+                problems.append(f"{path}: unreadable or malformed lease (judged by its mtime only)")
+            out.append(info)
+        return out
+
+    def read_lease(self, job_id: str, number: int) -> LeaseInfo | None:
+        path = self.layout.lease(job_id, number)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            mtime = os.fstat(fd).st_mtime
+            try:
+                raw = os.read(fd, 65536)
+                content = json.loads(raw)
+            except (OSError, ValueError):
+                content = None
+        finally:
+            os.close(fd)
+        if not isinstance(content, dict):
+            content = None
+        return LeaseInfo(job_id, number, path, mtime, content)
 
     def server_now(self) -> float:
         """The file server's idea of now: the mtime of a file we just wrote.
 
         Lease expiry compares file mtimes with this, never with this node's wall clock, so
-        nodes whose clocks disagree still agree on which leases expired.
-        """
-        probe = self.leases_dir / f".clock-{self._hostname}-{os.getpid()}"
-        with open(probe, "w") as fh:
-            fh.write("x")
-        return os.stat(probe).st_mtime
-
-    # -- dedup index ---------------------------------------------------------------------------
-    def index_lookup(self, config_hash: str) -> str | None:
+        nodes whose clocks disagree still agree on which leases expired. One probe file per host,
+        rewritten in place."""
+        probe = self.layout.clock_probe()
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
-            return (self.index_dir / config_hash).read_text().strip() or None
-        except FileNotFoundError:
-            return None
+            os.pwrite(fd, b"x", 0)
+            return os.fstat(fd).st_mtime
+        finally:
+            os.close(fd)
 
-    def index_store(self, config_hash: str, job_id: str) -> None:
-        atomic_write(self.index_dir / config_hash, job_id, durable=False)
 
-    # -- helpers -------------------------------------------------------------------------------
-    @staticmethod
-    def list_dir(directory: Path) -> list[str]:
-        try:
-            return os.listdir(directory)
-        except FileNotFoundError:
-            return []
+def storage_error(exc: OSError, doing: str) -> StorageError:
+    """One line for an I/O error a user can act on (full disk, quota, read-only, I/O error)."""
+    where = exc.filename or ""
+    if exc.errno == errno.ENOSPC:
+        hint = "the disk is full; free space there (or use another --base-path) and try again"
+    elif exc.errno == errno.EDQUOT:
+        hint = "your disk quota is exhausted; free space or files there (`dr_exp du` shows what uses it)"
+    elif exc.errno == errno.EROFS:
+        hint = "the filesystem is read-only; use a writable --base-path"
+    elif exc.errno == errno.EACCES:
+        hint = "permission denied; use a writable --base-path"
+    else:
+        hint = f"{exc.strerror or exc}"
+    return StorageError(f"{doing}: {hint}" + (f" ({where})" if where else ""))
+
+
+__all__ = ["JOB_ID_RE", "NO_SPACE", "ExperimentStore", "LeaseInfo", "storage_error"]

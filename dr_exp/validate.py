@@ -1,12 +1,23 @@
-"""Consistency checks of an experiment directory, and the repairs that are safe to make."""
+"""Consistency checks of an experiment directory, and the repairs that are safe to make.
+
+Every file the job database reads is checked against its shape here: records (JSON and field
+types), queue markers (names, plain files), leases (names, content), spares and leftovers.
+``validate`` only reports; ``validate --fix`` repairs what is safe and quarantines what is broken.
+Nothing found here ever raises: one bad file must not hide the others.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
 
 from dr_exp.api import Experiment
+from dr_exp.errors import CorruptRecord, JobNotFound
+from dr_exp.fileio import list_dir, read_bytes
+from dr_exp.job import FIELD_NAMES, JobRecord
+from dr_exp.layout import is_job_id, parse_marker
 from dr_exp.state import Status
 
 STALE_TMP_SECONDS = 3600
@@ -24,85 +35,166 @@ class Report:
 
 
 def validate(exp: Experiment, fix: bool = False) -> Report:
-    report = Report()
-    store = exp.store
     exp.require()
-    records = {}
-    for rec in store.iter_records(report.problems):
-        records[rec.id] = rec
+    report = Report()
+    records = _check_records(exp, fix, report)
     report.jobs = len(records)
-    markers = {}
-    for directory in (store.queue_dir, store.claimed_dir):
-        for name in store.list_dir(directory):
-            if not name.startswith("."):
-                markers[name] = directory
-
-    expected = {rec.marker: rec for rec in records.values() if rec.status == Status.PENDING}
-    for name, directory in markers.items():
-        rec = expected.get(name)
-        if rec is None:
-            report.problems.append(f"marker {directory.name}/{name} has no pending job")
-            if fix:
-                with store.lock(name.split("-", 2)[-1]):
-                    try:
-                        os.unlink(directory / name)
-                        report.fixed.append(f"removed stale marker {name}")
-                    except FileNotFoundError:
-                        pass
-    for marker, rec in expected.items():
-        if marker not in markers:
-            report.problems.append(f"pending job {rec.id} has no queue marker (no worker would claim it)")
-            if fix:
-                with store.lock(rec.id):
-                    fresh = store.read_record(rec.id)
-                    if fresh.status == Status.PENDING and not (store.queue_dir / marker).exists() \
-                            and not (store.claimed_dir / marker).exists():
-                        store.add_marker(fresh)
-                        report.fixed.append(f"re-created the queue marker of {rec.id}")
-
-    for name in store.list_dir(store.leases_dir):
-        if name.startswith(".") or not name.endswith(".json"):
-            continue
-        job_id = name[:-5]
-        rec = records.get(job_id)
-        if rec is None or rec.status != Status.RUNNING:
-            report.problems.append(f"orphan lease {name} (job is {rec.status if rec else 'missing'})")
-            if fix:
-                with store.lock(job_id):
-                    fresh = exp.read_or_none(job_id)
-                    if fresh is None or fresh.status != Status.RUNNING:
-                        store.remove_lease(job_id)
-                        report.fixed.append(f"removed orphan lease {name}")
-    for rec in records.values():
-        if rec.status == Status.RUNNING and not store.lease_path(rec.id).exists():
-            report.problems.append(f"running job {rec.id} has no lease (its worker is gone?)")
+    _check_queue(exp, records, fix, report)
+    _check_leases(exp, records, fix, report)
     if fix:
         for job_id, what in exp.recover(full_scan=True):
             report.fixed.append(f"recovered {job_id}: {what}")
+    _check_leftovers(exp, fix, report)
+    return report
 
-    for name in store.list_dir(store.jobs_dir):
+
+def _check_records(exp: Experiment, fix: bool, report: Report) -> dict[str, JobRecord]:
+    store = exp.store
+    records: dict[str, JobRecord] = {}
+    for name in list_dir(store.layout.jobs):
+        path = f"{store.layout.jobs}/{name}"
+        if name.startswith("."):
+            continue
+        job_id = name[:-5] if name.endswith(".json") else ""
+        if not is_job_id(job_id):
+            report.problems.append(f"{path}: not a job record name")
+            if fix:
+                report.fixed.append(f"moved {path} to {store.quarantine(path, 'not a job record name')}")
+            continue
+        try:
+            rec = store.read_record(job_id)
+        except JobNotFound:
+            continue
+        except CorruptRecord as exc:
+            report.problems.append(f"unreadable record {exc.path}: {exc.reason}")
+            if fix:
+                dest = store.quarantine_if_corrupt(exc)
+                report.fixed.append(f"quarantined {exc.path} -> {dest}" if dest else
+                                    f"left {exc.path}: written moments ago, check again shortly")
+            continue
+        records[job_id] = rec
+        missing = _missing_fields(path)
+        if missing:
+            report.problems.append(f"record {path} lacks {', '.join(missing)} (defaults assumed)")
+            if fix:
+                with store.lock(job_id):
+                    fresh = exp.read_or_none(job_id)
+                    if fresh is not None:
+                        store.write_record(fresh)
+                        report.fixed.append(f"completed record {path} with defaults")
+    return records
+
+
+def _missing_fields(path: str) -> list[str]:
+    try:
+        data = json.loads(read_bytes(path))
+    except (OSError, ValueError):
+        return []
+    return [f for f in FIELD_NAMES if f not in data] if isinstance(data, dict) else []
+
+
+def _check_queue(exp: Experiment, records: dict[str, JobRecord], fix: bool, report: Report) -> None:
+    store = exp.store
+    for path, why in store.strays():
+        report.problems.append(f"{path}: {why}")
+        if fix:
+            report.fixed.append(f"moved {path} to {store.quarantine(path, why)}")
+    markers: dict[str, str] = {}
+    for directory, where in ((store.layout.queue, "queue"), (store.layout.claimed, "claimed")):
+        for name in list_dir(directory):
+            if parse_marker(name) is not None and os.path.isfile(f"{directory}/{name}"):
+                markers[name] = where
+    expected = {rec.marker: rec for rec in records.values() if rec.status == Status.PENDING}
+    for name, where in markers.items():
+        if name in expected:
+            continue
+        job_id = parse_marker(name).job_id  # type: ignore[union-attr]
+        report.problems.append(f"marker {where}/{name} has no pending job")
+        if fix:
+            with store.lock(job_id):
+                rec = exp.read_or_none(job_id)
+                if rec is None or rec.status != Status.PENDING or rec.marker != name:
+                    if where == "claimed":
+                        store.discard_claimed(name)
+                    else:
+                        _unlink(f"{store.layout.queue}/{name}")
+                    report.fixed.append(f"removed stale marker {name}")
+    for marker, rec in expected.items():
+        if marker in markers:
+            continue
+        report.problems.append(f"pending job {rec.id} has no queue marker (no worker would claim it)")
+        if fix:
+            with store.lock(rec.id):
+                fresh = exp.read_or_none(rec.id)
+                if fresh is not None and fresh.status == Status.PENDING and store.marker_state(fresh) is None:
+                    store.enqueue(fresh)
+                    report.fixed.append(f"re-created the queue marker of {rec.id}")
+
+
+def _check_leases(exp: Experiment, records: dict[str, JobRecord], fix: bool, report: Report) -> None:
+    store = exp.store
+    problems: list[str] = []
+    leases = store.leases(problems)
+    for problem in problems:
+        report.problems.append(problem)
+        path = problem.split(":", 1)[0]
+        if fix and "not a lease file name" in problem:
+            report.fixed.append(f"moved {path} to {store.quarantine(path, 'not a lease file name')}")
+    live = set()
+    for info in leases:
+        rec = records.get(info.job_id)
+        if rec is not None and rec.status == Status.RUNNING and rec.attempts == info.attempt:
+            live.add(info.job_id)
+            if info.content is None and fix and os.path.isdir(info.path):
+                report.fixed.append(f"moved {info.path} to {store.quarantine(info.path, 'a directory in place of a lease')}")
+            continue
+        what = f"{rec.status} (attempt {rec.attempts})" if rec else "missing"
+        report.problems.append(f"orphan lease {info.path} (attempt {info.attempt}; the job is {what})")
+        if fix:
+            with store.lock(info.job_id):
+                fresh = exp.read_or_none(info.job_id)
+                if fresh is None or fresh.status != Status.RUNNING or fresh.attempts != info.attempt:
+                    store.remove_lease(info.job_id, info.attempt)
+                    report.fixed.append(f"removed orphan lease {info.path}")
+    for rec in records.values():
+        if rec.status == Status.RUNNING and rec.id not in live:
+            report.problems.append(f"running job {rec.id} has no lease (its worker is gone?)")
+
+
+def _check_leftovers(exp: Experiment, fix: bool, report: Report) -> None:
+    store = exp.store
+    lay = store.layout
+    for name in list_dir(lay.jobs):
         if name.startswith(".") and name.endswith(".spare"):
             job_id = name[1:-len(".spare")]
-            if not store.record_path(job_id).exists():
+            if not os.path.exists(lay.record(job_id)):
                 report.problems.append(f"spare file {name} of a job that has no record")
                 if fix:
                     with store.lock(job_id):
-                        if not store.record_path(job_id).exists():
-                            (store.jobs_dir / name).unlink(missing_ok=True)
+                        if not os.path.exists(lay.record(job_id)):
+                            _unlink(f"{lay.jobs}/{name}")
                             report.fixed.append(f"removed {name}")
-
     now = time.time()
-    for directory in (store.jobs_dir, store.index_dir, store.leases_dir):
-        for name in store.list_dir(directory):
-            if name.startswith(".") and name.endswith(".tmp"):
-                path = directory / name
-                try:
-                    old = now - path.stat().st_mtime > STALE_TMP_SECONDS
-                except FileNotFoundError:
-                    continue
-                if old:
-                    report.problems.append(f"leftover temp file {path}")
-                    if fix:
-                        path.unlink(missing_ok=True)
-                        report.fixed.append(f"removed {path}")
-    return report
+    for directory in (lay.jobs, lay.queue, lay.leases, str(lay.index_dir)):
+        for name in list_dir(directory):
+            path = f"{directory}/{name}"
+            stale_tmp = name.startswith(".") and name.endswith(".tmp")
+            old_probe = directory == lay.leases and name.startswith(".clock-") and f"{lay.leases}/{name}" != lay.clock_probe()
+            if not (stale_tmp or old_probe):
+                continue
+            try:
+                old = now - os.stat(path).st_mtime > STALE_TMP_SECONDS
+            except FileNotFoundError:
+                continue
+            if old:
+                report.problems.append(f"leftover {'temp' if stale_tmp else 'clock probe'} file {path}")
+                if fix:
+                    _unlink(path)
+                    report.fixed.append(f"removed {path}")
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

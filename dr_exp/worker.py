@@ -1,13 +1,14 @@
-"""The worker: claim a job, run it in a child process, record what happened, repeat.
+"""The worker: claim a job, run it in a child process, record how it ended, repeat.
 
 Each job runs in its own process, forked from a fork server that has already imported the
 heavy modules (torch, Lightning) once, so a crash, OOM kill or segfault in training never takes
-the worker down, and a job does not pay the imports again. The worker survives anything its
-child does; it heartbeats the job's lease from a thread and watches the lease to learn that a
-job was cancelled or taken away.
+the worker down, and a job does not pay the imports again. The worker heartbeats the attempt's
+lease from a thread and stops the job the moment the attempt is no longer its own.
 
-Signals: the first SIGTERM/SIGUSR1/SIGINT asks the running job to checkpoint and hands it back
-(``pending`` with ``resume_from``); a second one stops the child at once. Handlers set flags.
+How the child ended maps to exactly one lifecycle call (:meth:`Worker._record`): ``complete``,
+``fail`` (the policy in :mod:`dr_exp.state` retries or fails), ``hand_back``, or nothing when the
+attempt was taken away. Signals: the first SIGTERM/SIGUSR1/SIGINT asks the running job to
+checkpoint and hands it back; a second one stops the child at once. Handlers set flags.
 """
 
 from __future__ import annotations
@@ -23,18 +24,20 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from dr_exp.api import DEFAULT_HEARTBEAT_SECONDS, DEFAULT_LEASE_SECONDS, Experiment, env_float, last_checkpoint
-from dr_exp.errors import DrExpError
-from dr_exp.job import JobRecord
+from dr_exp.api import DEFAULT_HEARTBEAT_SECONDS, DEFAULT_LEASE_SECONDS, Experiment, env_float
+from dr_exp.errors import DrExpError, StorageError
+from dr_exp.fileio import atomic_write
+from dr_exp.job import Attempt
 from dr_exp.logging.structured_logger import StructuredLogger
-from dr_exp.runner import child_main, outcome_path
-from dr_exp.state import Status
-from dr_exp.store import atomic_write
+from dr_exp.rundir import RunDir
+from dr_exp.runner import child_main
+from dr_exp.state import Ending
+from dr_exp.store import NO_SPACE
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+MAX_IO_BACKOFF = 60.0
 
 
 def default_worker_id() -> str:
@@ -58,6 +61,10 @@ class WorkerOptions:
     sync_wait: float = field(default_factory=lambda: env_float("DR_EXP_SYNC_WAIT", 60.0))
 
     def validate(self) -> None:
+        for name in ("lease_seconds", "heartbeat_seconds"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
+                raise DrExpError(f"--{name.replace('_', '-')} {value!r} must be a positive number of seconds")
         if self.heartbeat_seconds >= self.lease_seconds:
             raise DrExpError(f"heartbeat ({self.heartbeat_seconds:g}s) must be shorter than the lease "
                              f"({self.lease_seconds:g}s); e.g. heartbeat = lease / 6")
@@ -70,19 +77,30 @@ class WorkerOptions:
 
 
 class _Heartbeat(threading.Thread):
-    """Refreshes one lease every ``interval`` s; ``lost`` is set when the lease disappears."""
+    """Refreshes one attempt's lease every ``interval`` s; ``lost`` is set once the attempt no
+    longer owns its job. After a gap (the process was paused, or starved), the refresh is made
+    under the record's lock and only if the attempt still owns the job."""
 
-    def __init__(self, exp: Experiment, job_id: str, interval: float) -> None:
-        super().__init__(name=f"dr_exp-heartbeat-{job_id[:8]}", daemon=True)
-        self.exp, self.job_id, self.interval = exp, job_id, interval
+    def __init__(self, exp: Experiment, attempt: Attempt, interval: float) -> None:
+        super().__init__(name=f"dr_exp-heartbeat-{attempt.job_id[:8]}", daemon=True)
+        self.exp, self.attempt, self.interval = exp, attempt, interval
         self.lost = threading.Event()
         self._stop_event = threading.Event()
 
     def run(self) -> None:
+        careful_after = self.attempt.lease_seconds / 2
+        last_ok = time.monotonic()
         while not self._stop_event.wait(self.interval):
-            if not self.exp.store.touch_lease(self.job_id):
+            try:
+                ok = self.exp.refresh(self.attempt, careful=time.monotonic() - last_ok > careful_after)
+                if ok and time.monotonic() - last_ok > careful_after:
+                    ok = self.exp.refresh(self.attempt, careful=True)  # paused right before the refresh?
+            except OSError:
+                ok = True  # a refresh that failed is not a lost lease; the next one may succeed
+            if not ok:
                 self.lost.set()
                 return
+            last_ok = time.monotonic()
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -116,7 +134,7 @@ class _SyncThread(threading.Thread):
     def drain(self, respect_backoff: bool = True) -> None:
         try:
             report = self.queue.drain(self.handler, respect_backoff=respect_backoff)
-        except Exception:
+        except Exception:  # sync trouble must never stop the worker
             self.log.exception("sync drain failed")
             return
         for job_id, uploaded in report.done:
@@ -152,6 +170,21 @@ class Worker:
         self.log = logging.getLogger(f"dr_exp.worker.{self.worker_id}")
         self._sync: _SyncThread | None = None
         self._own_jobs: set[str] = set()
+        self._io_backoff = 0.0
+
+    # -- setup ------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        self.exp.store.ensure()
+        handler = logging.FileHandler(self.exp.layout.worker_log(self.worker_id))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.log.addHandler(handler)
+        self.log.setLevel(logging.INFO)
+        self.log.propagate = False
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.signals += 1
 
     def _start_sync(self) -> None:
         from dr_exp.sync import SyncHandler, load_config
@@ -168,36 +201,11 @@ class Worker:
         self._sync.start()
         self.log.info("syncing runs to %s", config.s3_uri)
 
-    def _enqueue_sync(self, job_id: str, reason: str) -> dict[str, Any]:
-        """Queue the run for upload before its outcome is recorded; returns record fields."""
-        if self._sync is None:
-            return {}
-        self._sync.queue.enqueue(job_id, reason)
-        self._own_jobs.add(job_id)
-        return {"sync": {"state": "pending", "at": time.time()}}
-
-    # -- setup ------------------------------------------------------------------------------
-    def _setup_logging(self) -> None:
-        self.exp.store.ensure()
-        path = self.exp.store.logs_dir / f"{self.worker_id}.log"
-        handler = logging.FileHandler(path)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        self.log.addHandler(handler)
-        self.log.setLevel(logging.INFO)
-        self.log.propagate = False
-
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        self.signals += 1
-
-    def _install_signals(self) -> None:
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, self._on_signal)
-
-    def _context(self, rec: JobRecord) -> Any:
+    def _context(self, attempt: Attempt) -> Any:
         """The fork server context, started lazily so its preload can follow the first job."""
         if self._ctx is None:
             preload = ["dr_exp.runner", *self.opts.preload]
-            target = str(rec.config.get("_target_", ""))
+            target = str(attempt.record.config.get("_target_", ""))
             module_name = target.rpartition(".")[0]
             try:
                 module = importlib.import_module(module_name)
@@ -214,45 +222,63 @@ class Worker:
     # -- main loop --------------------------------------------------------------------------
     def run(self) -> int:
         """Claim and run jobs until idle, out of jobs/hours, or signalled. Returns an exit code."""
-        self._setup_logging()
-        self._install_signals()
+        self._setup()
         if self.opts.gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = str(self.opts.gpu)
-        self._record_environment()
-        self._start_sync()
-        started = time.monotonic()
-        deadline = started + self.opts.max_hours * 3600 if self.opts.max_hours else None
+        try:
+            self._record_environment()
+            self._start_sync()
+            return self._loop()
+        finally:
+            self._teardown()
+
+    def _loop(self) -> int:
+        deadline = time.monotonic() + self.opts.max_hours * 3600 if self.opts.max_hours else None
         idle_since = time.monotonic()
         next_recover = 0.0
         self.log.info("worker %s started (pid %d, experiment %s)", self.worker_id, os.getpid(), self.exp.store.root)
         while not self.signals:
             if self.opts.max_jobs is not None and self.jobs_done >= self.opts.max_jobs:
                 self.log.info("max jobs (%d) done; exiting", self.opts.max_jobs)
-                break
+                return 0
             if deadline is not None and not self._time_for_another(deadline):
                 self.log.info("max hours reached (or too little left for another job); exiting")
-                break
+                return 0
             now = time.monotonic()
-            if now >= next_recover:
-                for job_id, what in self.exp.recover():
-                    self.log.info("recovered %s: %s", job_id, what)
-                next_recover = now + max(1.0, self.opts.lease_seconds / 2)
-            rec = self.exp.claim(self.worker_id, self.opts.lease_seconds)
-            if rec is None:
+            try:
+                if now >= next_recover:
+                    for job_id, what in self.exp.recover(lease_seconds=self.opts.lease_seconds):
+                        self.log.info("recovered %s: %s", job_id, what)
+                    next_recover = now + max(1.0, self.opts.lease_seconds / 2)
+                attempt = self.exp.claim(self.worker_id, self.opts.lease_seconds)
+            except (StorageError, OSError) as exc:
+                self._io_trouble(exc, deadline)
+                continue
+            if attempt is None:
                 if time.monotonic() - idle_since >= self.opts.idle_timeout:
                     self.log.info("queue empty for %.0fs; exiting", self.opts.idle_timeout)
-                    break
+                    return 0
                 time.sleep(self.opts.poll_seconds)
                 continue
-            self.execute(rec)
+            self.execute(attempt)
             self.jobs_done += 1
             idle_since = time.monotonic()
-        if self.signals:
-            self.log.info("stopping on signal")
+        self.log.info("stopping on signal")
+        return 0
+
+    def _io_trouble(self, exc: BaseException, deadline: float | None) -> None:
+        """The experiment directory cannot be written (full disk, quota...): log once, back off."""
+        if not self._io_backoff:
+            self.log.error("cannot write the experiment directory, backing off: %s", exc)
+        self._io_backoff = min(MAX_IO_BACKOFF, max(1.0, self._io_backoff * 2))
+        end = time.monotonic() + self._io_backoff
+        while time.monotonic() < end and not self.signals and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.2)
+
+    def _teardown(self) -> None:
         if self._sync is not None:
             self._sync.finish(self._own_jobs, 5.0 if self.signals >= 2 else self.opts.sync_wait)
         self.log.info("worker %s exits after %d jobs", self.worker_id, self.jobs_done)
-        return 0
 
     def _time_for_another(self, deadline: float) -> bool:
         left = deadline - time.monotonic()
@@ -264,48 +290,54 @@ class Worker:
                if k.startswith(("SLURM_", "CUDA_", "DR_EXP_")) or k in ("GPU_DEVICE_ORDINAL", "HOSTNAME")}
         info = {"worker_id": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(),
                 "started_at": time.time(), "env": env}
-        atomic_write(self.exp.store.logs_dir / f"{self.worker_id}.env.json", json.dumps(info, indent=2), durable=False)
+        atomic_write(self.exp.layout.worker_env(self.worker_id), json.dumps(info, indent=2), durable=False)
 
     # -- one job ----------------------------------------------------------------------------
-    def execute(self, rec: JobRecord) -> str:
-        """Run one claimed job to its end; return what was recorded."""
-        store = self.exp.store
-        run_dir = store.run_dir(rec.id)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        events = StructuredLogger(run_dir, rec.id, self.worker_id)
-        events.log_event("claimed", {"attempt": rec.attempts, "host": socket.gethostname()})
-        self.log.info("job %s attempt %d started%s", rec.id, rec.attempts,
-                      f" (resume from {rec.resume_from})" if rec.resume_from else "")
-        spec = {"job_id": rec.id, "worker_id": self.worker_id, "attempt": rec.attempts,
-                "storage_path": str(run_dir), "config": rec.config, "resume_from": rec.resume_from,
-                "worker_pid": os.getpid()}
-        out_file = outcome_path(run_dir, rec.attempts)
-        out_file.unlink(missing_ok=True)
+    def execute(self, attempt: Attempt) -> str:
+        """Run one claimed attempt to its end; return what was recorded."""
+        rec = attempt.record
+        run = self.exp.run_dir(rec)
         t0 = time.monotonic()
-        proc = self._context(rec).Process(target=child_main, args=(spec,), name=f"dr_exp-job-{rec.id[:8]}")
-        proc.start()
-        heartbeat = _Heartbeat(self.exp, rec.id, self.opts.heartbeat_seconds)
+        heartbeat = _Heartbeat(self.exp, attempt, self.opts.heartbeat_seconds)
         heartbeat.start()
+        try:
+            run.logs.mkdir(parents=True, exist_ok=True)
+            run.outcome(attempt.number).unlink(missing_ok=True)
+        except OSError as exc:
+            heartbeat.stop()
+            return self._hand_back_io(attempt, exc)
+        self._event(run, attempt, "claimed", {"host": socket.gethostname()})
+        self.log.info("job %s attempt %d started%s", rec.id, attempt.number,
+                      f" (resume from {rec.resume_from})" if rec.resume_from else "")
+        spec = {"job_id": rec.id, "worker_id": self.worker_id, "attempt": attempt.number, "run_dir": str(run.root),
+                "config": rec.config, "resume_from": rec.resume_from, "worker_pid": os.getpid(),
+                "lease_path": attempt.lease_path, "lease_seconds": attempt.lease_seconds}
+        proc = self._context(attempt).Process(target=child_main, args=(spec,), name=f"dr_exp-job-{rec.id[:8]}")
+        proc.start()
         if self._sync is not None:
             self._sync.current_job = rec.id
-        ending = self._supervise(proc, rec, heartbeat)
-        heartbeat.stop()
-        if self._sync is not None:
-            self._sync.current_job = None
+        try:
+            ending = self._supervise(proc, attempt, heartbeat)
+        finally:
+            heartbeat.stop()
+            if proc.exitcode is None:
+                self._stop_child(proc, grace=0.0)
+            if self._sync is not None:
+                self._sync.current_job = None
         elapsed = time.monotonic() - t0
         self._durations.append(elapsed)
-        what = self._record(rec, ending, proc.exitcode, run_dir, out_file, events)
-        self.log.info("job %s attempt %d: %s after %.2fs", rec.id, rec.attempts, what, elapsed)
+        what = self._record(attempt, ending, proc.exitcode, run)
+        self.log.info("job %s attempt %d: %s after %.2fs", rec.id, attempt.number, what, elapsed)
         if self._sync is not None:
             self._sync.wake.set()
         return what
 
-    def _supervise(self, proc: Any, rec: JobRecord, heartbeat: _Heartbeat) -> str:
+    def _supervise(self, proc: Any, attempt: Attempt, heartbeat: _Heartbeat) -> str:
         """Wait for the child; return why it ended: exited, lost, timeout, preempted."""
-        store = self.exp.store
         started = time.monotonic()
         preempt_at: float | None = None
         next_lease_check = 0.0
+        timeout = attempt.record.timeout
         while True:
             proc.join(0.05 if time.monotonic() - started < 1 else 0.2)
             if proc.exitcode is not None:
@@ -316,95 +348,148 @@ class Worker:
             now = time.monotonic()
             if now >= next_lease_check:
                 next_lease_check = now + 0.5
-                if heartbeat.lost.is_set() or not store.lease_path(rec.id).exists():
-                    self._stop_child(proc)
+                if heartbeat.lost.is_set() or not self.exp.owns(attempt):
+                    self._stop_child(proc, grace=0.0)
                     return "lost"
-            if rec.timeout and now - started > rec.timeout:
+            if timeout and now - started > timeout:
                 self._stop_child(proc)
                 return "timeout"
             if self.signals and preempt_at is None:
                 preempt_at = now
-                self.log.info("signal received: asking job %s to checkpoint", rec.id)
+                self.log.info("signal received: asking job %s to checkpoint", attempt.job_id)
                 self._signal_child(proc, signal.SIGUSR1)
             if preempt_at is not None and (self.signals >= 2 or now - preempt_at > self.opts.preempt_grace):
-                self.log.info("stopping job %s now (%s)", rec.id,
+                self.log.info("stopping job %s now (%s)", attempt.job_id,
                               "second signal" if self.signals >= 2 else "checkpoint grace expired")
                 self._stop_child(proc, grace=0.0 if self.signals >= 2 else self.opts.kill_grace)
                 return "preempted"
 
     @staticmethod
     def _signal_child(proc: Any, sig: int) -> None:
+        """Signal the job's whole process group (the child leads it), so helpers it started go too."""
         try:
-            os.kill(proc.pid, sig)
-        except (ProcessLookupError, TypeError):
-            pass
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError, TypeError):
+            try:
+                os.kill(proc.pid, sig)
+            except (ProcessLookupError, TypeError):
+                pass
 
     def _stop_child(self, proc: Any, grace: float | None = None) -> None:
         grace = self.opts.kill_grace if grace is None else grace
-        self._signal_child(proc, signal.SIGTERM)
-        proc.join(grace)
+        if grace > 0:
+            self._signal_child(proc, signal.SIGTERM)
+            proc.join(grace)
         if proc.exitcode is None:
             self._signal_child(proc, signal.SIGKILL)
             proc.join(10)
 
-    def _record(self, rec: JobRecord, ending: str, exitcode: int | None, run_dir: Path,
-                out_file: Path, events: StructuredLogger) -> str:
-        outcome = _read_json(out_file) or {}
+    def _record(self, attempt: Attempt, ending: str, exitcode: int | None, run: RunDir) -> str:
+        """Turn how the child ended into exactly one lifecycle call."""
+        outcome = _read_json(run.outcome(attempt.number)) or {}
+        status = outcome.get("status")
         if ending == "lost":
-            events.log_event("stopped", {"reason": "lease lost (cancelled or recovered elsewhere)"})
+            self._event(run, attempt, "stopped", {"reason": "the attempt no longer owns the job (cancelled or taken over)"})
             return "stopped: the job was cancelled or taken over"
-
-        def finish(status: Status, reason: str, **kw: Any) -> None:
-            kw.update(self._enqueue_sync(rec.id, status.value))
-            self.exp.finish(rec.id, self.worker_id, rec.attempts, status, reason, **kw)
-
+        if status == "completed":
+            result = _read_json(run.result) or {}
+            return self._apply(run, attempt, "completed", self.exp.complete, attempt, result)
+        if ending == "preempted" or status == "preempted":
+            checkpoint = outcome.get("resume_from") or run.relative(run.last_checkpoint())
+            what = self._apply(run, attempt, "preempted", self.exp.hand_back, attempt, checkpoint, "pre-empted")
+            return f"{what} (resume from {checkpoint})" if what == "preempted" else what
+        if status == "fenced":
+            return self._apply(run, attempt, "handed_back", self.exp.hand_back, attempt,
+                               run.relative(run.last_checkpoint()), f"stopped by its fence: {outcome.get('reason')}")
         if ending == "timeout":
-            msg = f"timed out after {rec.timeout:g}s"
-            _write_error(run_dir, "Timeout", msg)
-            events.log_event("failed", {"reason": "timeout", "attempt": rec.attempts})
-            finish(Status.FAILED, "timeout", error={"type": "Timeout", "reason": "timeout", "message": msg,
-                                                     "traceback_path": str(run_dir / "error.txt")})
-            return "failed: timeout"
-        if outcome.get("status") == "completed":
-            result = _read_json(run_dir / "result.json") or {}
-            events.log_event("completed", {"attempt": rec.attempts, "metrics": result.get("metrics", {})})
-            finish(Status.COMPLETED, "completed", result=result, error=None)
-            return "completed"
-        if ending == "preempted" or outcome.get("status") == "preempted":
-            ckpt = outcome.get("resume_from") or last_checkpoint(run_dir) or rec.resume_from
-            events.log_event("preempted", {"attempt": rec.attempts, "resume_from": ckpt})
-            finish(Status.PENDING, "preempted", resume_from=ckpt, preemptions=rec.preemptions + 1, worker_id=None)
-            return f"preempted (resume from {ckpt})"
-        if outcome.get("status") == "failed":
+            error = {"type": "Timeout", "reason": "timeout", "message": f"timed out after {attempt.record.timeout:g}s"}
+            kind = Ending.TIMEOUT
+        elif status == "failed":
+            if outcome.get("errno") is not None:
+                return self._hand_back_io(attempt, OSError(outcome["errno"], outcome.get("message", "")))
             error = {"type": outcome.get("type"), "message": outcome.get("message")}
+            kind = Ending.FATAL if outcome.get("fatal") else Ending.ERROR
         else:
+            if _disk_full(run.root):
+                return self._hand_back_io(attempt, OSError(28, "no space left on device"))
             error = {"type": "ChildCrashed", "message": _describe_exit(exitcode)}
-            _write_error(run_dir, error["type"], error["message"])
-            events.log_event("failed", {"attempt": rec.attempts, **error})
-        error.update(exitcode=exitcode, attempt=rec.attempts, traceback_path=str(run_dir / "error.txt"),
-                     log_path=str(run_dir / "logs" / "train.log"), log_tail=_tail(run_dir / "logs" / "train.log"))
-        reason = f"attempt {rec.attempts} failed: {error['type']}: {error['message']}"[:300]
-        if rec.failed_attempts < rec.max_attempts:
-            finish(Status.PENDING, reason + "; retrying", error=error, worker_id=None)
-            return f"failed ({error['type']}), retrying"
-        finish(Status.FAILED, reason, error=error)
-        return f"failed ({error['type']})"
+            kind = Ending.ERROR
+        tail = run.tail()
+        error.update(exitcode=exitcode, attempt=attempt.number, log_tail=tail,
+                     traceback_path=self.exp.layout.run_dir_relative(attempt.job_id) + "/" + run.relative(run.error),
+                     log_path=self.exp.layout.run_dir_relative(attempt.job_id) + "/" + run.relative(run.train_log))
+        try:
+            atomic_write(run.error, f"type: {error['type']}\nmessage: {error['message']}\n\n"
+                         + (outcome.get("traceback") or f"log tail:\n{tail}\n"))
+        except OSError as exc:
+            self.log.warning("could not write %s: %s", run.error, exc)
+        return self._apply(run, attempt, "failed", self.exp.fail, attempt, error, kind)
+
+    def _apply(self, run: RunDir, attempt: Attempt, event: str, op: Any, *args: Any) -> str:
+        """Make the lifecycle call (retrying while the disk is full) and log it as an event."""
+        if self._sync is not None:  # durably noted before the outcome is recorded
+            self._sync.queue.enqueue(attempt.job_id, event)
+        while True:
+            try:
+                rec = op(*args)
+                break
+            except StorageError as exc:
+                self._io_trouble(exc, None)
+                if self.signals >= 2:
+                    return "not recorded (stopped while the disk was full)"
+        self._io_backoff = 0.0
+        if rec is None:
+            return "dropped: the job was cancelled or taken over meanwhile"
+        self._own_jobs.add(rec.id)
+        data = {"status": rec.status}
+        if rec.status == "completed":
+            data["metrics"] = (rec.result or {}).get("metrics", {})
+        elif rec.error and event == "failed":
+            data.update(error_type=rec.error.get("type"), message=rec.error.get("message"))
+        self._event(run, attempt, event, data)
+        if event == "failed":
+            return f"failed ({rec.error.get('type') if rec.error else '?'}), " + (
+                "retrying" if rec.status == "pending" else "no attempts left")
+        return event if event != "handed_back" else "handed back"
+
+    def _hand_back_io(self, attempt: Attempt, exc: BaseException) -> str:
+        self.log.error("job %s: cannot write its run directory (%s); handing it back", attempt.job_id, exc)
+        what = self._apply(self.exp.run_dir(attempt.job_id), attempt, "handed_back", self.exp.hand_back, attempt, None,
+                           f"worker could not write: {exc}")
+        self._io_trouble(exc, None)
+        return what
+
+    def _event(self, run: RunDir, attempt: Attempt, event: str, data: dict[str, Any]) -> None:
+        try:
+            StructuredLogger(run.root, attempt.job_id, self.worker_id, attempt.number).log_event(event, data)
+        except OSError as exc:
+            self.log.warning("could not log event %s of %s: %s", event, attempt.job_id, exc)
 
     # -- foreground ---------------------------------------------------------------------------
     def run_one(self, job_id: str) -> str:
         """``job run-one``: claim this one job (it must be pending) and run it here."""
-        self._setup_logging()
-        self._install_signals()
-        claimed = self.exp.claim_job(job_id, self.worker_id, self.opts.lease_seconds)
-        return self.execute(claimed)
+        self._setup()
+        try:
+            return self.execute(self.exp.claim_job(job_id, self.worker_id, self.opts.lease_seconds))
+        finally:
+            self._teardown()
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_json(path: Any) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text())
+        with open(path) as fh:
+            data = json.load(fh)
         return data if isinstance(data, dict) else None
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):
         return None
+
+
+def _disk_full(path: Any) -> bool:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
 
 
 def _describe_exit(code: int | None) -> str:
@@ -420,16 +505,4 @@ def _describe_exit(code: int | None) -> str:
     return f"child process exited with status {code} without reporting a result"
 
 
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 8192))
-            return "\n".join(fh.read().decode(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return ""
-
-
-def _write_error(run_dir: Path, type_: str, message: str) -> None:
-    tail = _tail(run_dir / "logs" / "train.log")
-    atomic_write(run_dir / "error.txt", f"type: {type_}\nmessage: {message}\n\nlog tail:\n{tail}\n")
+__all__ = ["NO_SPACE", "Worker", "WorkerOptions", "default_worker_id"]

@@ -11,10 +11,11 @@ import click
 from dr_exp.api import SubmitResult
 from dr_exp.cli.main import Context, cli, pass_ctx
 from dr_exp.cli.output import fmt_time, print_json, print_table
+from dr_exp.compose import SEARCHPATH_ENV
 from dr_exp.errors import DrExpError
-from dr_exp.job import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY
+from dr_exp.job import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WORKER_LOSSES, DEFAULT_PRIORITY
 from dr_exp.results import params_of
-from dr_exp.state import Status
+from dr_exp.state import FINISHED, Status
 
 _SUBMIT_OPTIONS = [
     click.option("--priority", type=int, default=DEFAULT_PRIORITY, show_default=True,
@@ -23,7 +24,12 @@ _SUBMIT_OPTIONS = [
     click.option("--force", is_flag=True, help="Submit even if an identical run is pending, running or done."),
     click.option("--max-attempts", type=int, default=None,
                  help=f"Attempts before a job is failed (default {DEFAULT_MAX_ATTEMPTS})."),
-    click.option("--timeout", type=float, default=None, help="Seconds an attempt may run before it is failed."),
+    click.option("--timeout", type=float, default=None,
+                 help="Seconds an attempt may run; a timeout is a failed attempt (retried while attempts last)."),
+    click.option("--max-worker-losses", type=int, default=None,
+                 help=f"Lost workers (lease expired) before a job is failed (default {DEFAULT_MAX_WORKER_LOSSES})."),
+    click.option("--searchpath", "searchpath", multiple=True, metavar="DIR",
+                 help=f"Another directory of config groups (repeatable; also {SEARCHPATH_ENV})."),
 ]
 
 
@@ -126,23 +132,32 @@ def show(c: Context, job_id: str, fmt: str) -> None:
     if fmt == "json":
         print_json(rec.to_dict())
         return
+    run = c.exp.run_dir(rec)
+    source = f"{rec.config_path}/{rec.config_name}.yaml" if rec.config_name else "(submitted from Python)"
     lines = [f"job        {rec.id}", f"status     {rec.status}", f"priority   {rec.priority}",
-             f"tags       {','.join(rec.tags) or '-'}", f"config     {rec.config_path}/{rec.config_name}.yaml",
+             f"tags       {','.join(rec.tags) or '-'}", f"config     {source}",
              f"overrides  {' '.join(rec.overrides) or '-'}", f"sweep      {rec.sweep_id or '-'} {rec.sweep_params or ''}",
-             f"hash       {rec.config_hash[:16]}", f"attempts   {rec.attempts}/{rec.max_attempts} (pre-empted {rec.preemptions})",
+             f"hash       {rec.config_hash[:16]}",
+             (f"attempts   {rec.attempts} ({rec.failed_attempts} failed of {rec.max_attempts} allowed, "
+             f"{rec.preemptions} handed back, {rec.worker_losses} workers lost of {rec.max_worker_losses} allowed)"),
              f"worker     {rec.worker_id or '-'} on {rec.host or '-'}",
              f"created    {fmt_time(rec.created_at)}   started {fmt_time(rec.started_at)}   finished {fmt_time(rec.finished_at)}",
-             f"run dir    {rec.storage_path}", f"resume     {rec.resume_from or '-'}",
+             f"run dir    {run.root}", f"resume     {rec.resume_from or '-'}",
              f"sync       {_sync_text(rec.sync or {})}"]
+    if rec.timeout:
+        lines.insert(9, f"timeout    {rec.timeout:g}s per attempt")
     if rec.result:
         lines.append(f"metrics    {rec.result.get('metrics')}")
+        for key in ("stop_reason", "flags"):
+            if rec.result.get(key):
+                lines.append(f"{key.replace('_', ' '):<10} {rec.result[key]}")
     if rec.error:
         lines.append(f"error      {rec.error.get('type')}: {rec.error.get('message')}")
         if rec.error.get("traceback_path"):
-            lines.append(f"           details in {rec.error['traceback_path']}")
+            lines.append(f"           details in {c.exp.store.root / rec.error['traceback_path']}")
     lines.append("history")
     for h in rec.history:
-        lines.append(f"  {fmt_time(h['at'])}  {h['from']:>9} -> {h['to']:<9} {h.get('reason', '')}")
+        lines.append(f"  {fmt_time(h.get('at'))}  {h.get('from', '?'):>9} -> {h.get('to', '?'):<9} {h.get('reason', '')}")
     click.echo("\n".join(lines))
 
 
@@ -193,8 +208,7 @@ def run_one(c: Context, job_id: str) -> None:
     worker = Worker(c.exp, WorkerOptions(idle_timeout=0))
     what = worker.run_one(job_id)
     rec = c.exp.get(job_id)
-    log = f"{rec.storage_path}/logs/train.log"
-    click.echo(f"job {rec.id}: {what}; log: {log}")
+    click.echo(f"job {rec.id}: {what}; log: {c.exp.run_dir(rec).train_log}")
     if rec.status != Status.COMPLETED:
         sys.exit(1)
 
@@ -206,7 +220,7 @@ def run_one(c: Context, job_id: str) -> None:
 def logs(c: Context, job_id: str, follow: bool) -> None:
     """Print a job's train.log (the child's stdout and stderr)."""
     rec = c.exp.get(job_id)
-    path = f"{rec.storage_path}/logs/train.log"
+    path = c.exp.run_dir(rec).train_log
     pos = 0
     finished = False
     while True:
@@ -223,4 +237,4 @@ def logs(c: Context, job_id: str, follow: bool) -> None:
         if not follow or finished:
             return
         time.sleep(0.5)
-        finished = c.exp.get(rec.id).status in (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+        finished = c.exp.get(rec.id).status in FINISHED

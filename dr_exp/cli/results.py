@@ -53,7 +53,7 @@ def curves_cmd(c: Context, metric: str, status: str | None, sweep_id: str | None
     from dr_exp.results import curves, params_of
 
     records = {r.id: r for r in c.exp.list(status=status, sweep_id=sweep_id, tags=tags)}
-    series = curves(records.values(), metric)
+    series = curves(records.values(), metric, c.exp.store.root)
     if fmt == "json":
         print_json([{"job_id": jid, "params": params_of(records[jid]), "points": pts} for jid, pts in series.items()])
         return

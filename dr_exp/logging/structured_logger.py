@@ -1,7 +1,10 @@
-"""StructuredLogger: the run directory's JSONL files (metrics, events) and error/config files.
+"""StructuredLogger: the run directory's JSONL streams (metrics, events) and its config.json.
 
 It satisfies decon_cnn's ``StructuredLoggerProtocol`` structurally; decon_cnn never imports it.
-Every append is one whole line in one ``write``; readers skip a torn last line.
+Every append is one whole line in one ``write``; readers skip a torn last line. Inside a job's
+process every write is fenced (:func:`dr_exp.fence.guard`): an attempt that no longer owns its
+job records nothing. ``error.txt`` is not written here: the worker writes it from the job's
+report, so it has one writer.
 """
 
 from __future__ import annotations
@@ -13,37 +16,43 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from dr_exp.store import append_line, atomic_write
+from dr_exp import fence
+from dr_exp.fileio import append_line, atomic_write
+from dr_exp.rundir import RunDir
 
 
 class StructuredLogger:
-    def __init__(self, log_dir: str | os.PathLike[str], job_id: str, worker_id: str) -> None:
-        self.log_dir = Path(log_dir)
+    def __init__(self, log_dir: str | os.PathLike[str], job_id: str, worker_id: str,
+                 attempt: int | None = None) -> None:
+        self.run = RunDir(Path(log_dir))
+        self.run.root.mkdir(parents=True, exist_ok=True)
         self.job_id = job_id
         self.worker_id = worker_id
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics_path = self.log_dir / "metrics.jsonl"
-        self.events_path = self.log_dir / "events.jsonl"
-        self.config_path = self.log_dir / "config.json"
-        self.error_path = self.log_dir / "error.txt"
+        env_attempt = os.environ.get("DR_EXP_ATTEMPT")
+        self.attempt = attempt if attempt is not None else (int(env_attempt) if env_attempt else None)
 
     def log_config(self, config: dict[str, Any]) -> None:
-        atomic_write(self.config_path, json.dumps(config, indent=2, default=str) + "\n")
+        fence.guard()
+        atomic_write(self.run.config, json.dumps(config, indent=2, default=str) + "\n")
 
     def log_metrics(self, metrics: dict[str, Any]) -> None:
-        row = {"time": time.time()}
+        fence.guard()
+        row: dict[str, Any] = {"time": time.time()}
         row.update(metrics)
-        append_line(self.metrics_path, row)
+        append_line(self.run.metrics, row)
 
     def log_event(self, event_type: str, data: dict[str, Any] | None = None) -> None:
-        append_line(self.events_path, {"time": time.time(), "event": event_type,
-                                       "job_id": self.job_id, "worker_id": self.worker_id, **(data or {})})
+        fence.guard()
+        row: dict[str, Any] = {"time": time.time(), "event": event_type, "job_id": self.job_id,
+                               "worker_id": self.worker_id}
+        if self.attempt is not None:
+            row["attempt"] = self.attempt
+        row.update(data or {})
+        append_line(self.run.events, row)
 
     def log_error(self, error: BaseException, context: dict[str, Any] | None = None) -> None:
-        tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        text = f"type: {type(error).__name__}\nmessage: {error}\n"
-        if context:
-            text += f"context: {json.dumps(context, default=str)}\n"
-        atomic_write(self.error_path, text + "\n" + tb)
-        self.log_event("failed", {"error_type": type(error).__name__, "message": str(error)[:500],
-                                  **(context or {})})
+        """An ``error`` event with the exception's type, message and where it was raised."""
+        where = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
+        self.log_event("error", {"error_type": type(error).__name__, "message": str(error)[:500],
+                                 "where": f"{where[0].filename}:{where[0].lineno}" if where else None,
+                                 **(context or {})})

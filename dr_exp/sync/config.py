@@ -12,7 +12,8 @@ import re
 from dataclasses import asdict, dataclass
 
 from dr_exp.errors import SyncError
-from dr_exp.store import ExperimentStore, atomic_write
+from dr_exp.fileio import atomic_write
+from dr_exp.store import ExperimentStore
 
 CHECKPOINT_CHOICES = ("best", "last", "all", "none")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -56,7 +57,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def config_path(store: ExperimentStore) -> str:
-    return str(store.sync_dir / "config.json")
+    return str(store.layout.sync_dir / "config.json")
 
 
 def load_config(store: ExperimentStore) -> SyncConfig | None:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from dr_exp.errors import SyncError
-from dr_exp.store import ExperimentStore, atomic_write
+from dr_exp.fileio import atomic_write
+from dr_exp.store import ExperimentStore
 from dr_exp.sync.config import SyncConfig
 
 RECORD_KEY = "_dr_exp_record.json"
@@ -117,7 +118,7 @@ class SyncHandler:
         self.part_size = config.multipart_threshold_mb * MiB
         self.transfer_config = TransferConfig(multipart_threshold=self.part_size, multipart_chunksize=self.part_size,
                                               max_concurrency=config.max_concurrency, use_threads=True)
-        self.manifests_dir = store.sync_dir / "manifests"
+        self.manifests_dir = store.layout.sync_dir / "manifests"
 
     # -- keys and files --------------------------------------------------------------------
     def run_prefix(self, job_id: str) -> str:
@@ -134,7 +135,7 @@ class SyncHandler:
         return mode == "all" or (mode == "best" and name == "best.ckpt") or (mode == "last" and name == "last.ckpt")
 
     def local_files(self, job_id: str) -> dict[str, Path]:
-        run = self.store.run_dir(job_id)
+        run = self.store.run_dir(job_id).root
         out = {}
         for path in sorted(run.rglob("*")):
             if path.is_file() and not path.is_symlink():
@@ -216,10 +217,11 @@ class SyncHandler:
         """The job record as stored next to the run (so `sync pull` can restore it), without its
         sync state, which changes with every sync and would otherwise re-upload it each time."""
         try:
-            data = json.loads(self.store.record_path(job_id).read_text())
+            data = json.loads(Path(self.store.layout.record(job_id)).read_text())
         except (FileNotFoundError, ValueError):
             return None
         data.pop("sync", None)
+        data.pop("rev", None)
         return (json.dumps(data) + "\n").encode()
 
     def _verify(self, key: str, entry: dict[str, Any]) -> None:
@@ -255,7 +257,7 @@ class SyncHandler:
     def pull(self, job_id: str) -> int:
         """Download a run directory (and its record, if missing locally). Returns files written."""
         prefix = self.run_prefix(job_id)
-        run = self.store.run_dir(job_id)
+        run = self.store.run_dir(job_id).root
         count = 0
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.config.bucket, Prefix=prefix):
@@ -264,7 +266,7 @@ class SyncHandler:
                     if not rel or ".." in rel.split("/"):
                         continue
                     if rel == RECORD_KEY:
-                        dest = self.store.record_path(job_id)
+                        dest = Path(self.store.layout.record(job_id))
                         if dest.exists():
                             continue
                     else:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from dr_exp.api import Experiment
-from dr_exp.errors import CorruptRecord, JobNotFound, SyncError
-from dr_exp.store import atomic_write
+from dr_exp.errors import SyncError
+from dr_exp.fileio import atomic_write
 from dr_exp.sync.handler import SyncHandler, SyncUnavailable
 
 MAX_BACKOFF = 300.0
@@ -32,7 +32,7 @@ class DrainReport:
 class SyncQueue:
     def __init__(self, exp: Experiment) -> None:
         self.exp = exp
-        self.dir = exp.store.sync_dir / "queue"
+        self.dir = exp.layout.sync_dir / "queue"
 
     def _path(self, job_id: str) -> Path:
         return self.dir / f"{job_id}.json"
@@ -99,18 +99,11 @@ class SyncQueue:
         return report
 
     def _mark(self, job_id: str, sync: dict[str, Any]) -> None:
-        store = self.exp.store
-        try:
-            with store.lock(job_id):
-                rec = store.read_record(job_id)
-                rec.sync = sync
-                store.write_record(rec)
-        except (JobNotFound, CorruptRecord):
-            pass
+        self.exp.set_sync_state(job_id, sync)
 
     def status(self) -> dict[str, Any]:
         entries = self.entries()
-        manifests = self.exp.store.sync_dir / "manifests"
+        manifests = self.exp.layout.sync_dir / "manifests"
         synced = len([n for n in os.listdir(manifests) if n.endswith(".json")]) if manifests.is_dir() else 0
         failing = [e for e in entries if e.get("last_error")]
         return {"pending": len(entries) - len(failing), "failing": len(failing), "synced_runs": synced,

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dr_exp.store import atomic_write
+from dr_exp.fileio import atomic_write
 from dr_exp.trainers.decon_trainer import __dr_exp_preload__, run_decon  # noqa: F401 - re-exported for the worker
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dr_exp import preemption
-from dr_exp.store import atomic_write
+from dr_exp.fileio import atomic_write
 
 
 def _fail(mode: str, attempt: int) -> None:

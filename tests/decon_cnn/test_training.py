@@ -134,7 +134,7 @@ def test_multi_stage_continues_from_previous_stage_and_resumes_mid_stage(tmp_pat
     from dr_exp.results import curves
 
     rec = JobRecord(id="j", experiment="e", config={}, storage_path=str(run))
-    assert [e for e, _ in curves([rec], "val/acc")["j"]] == [0, 1, 2]  # stages laid end to end
+    assert [e for e, _ in curves([rec], "val/acc", tmp_path)["j"]] == [0, 1, 2]  # stages laid end to end
 
 
 def test_mid_epoch_preemption_resumes_exactly(quickstart_cfg, tmp_path):

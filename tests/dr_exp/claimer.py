@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 from dr_exp.api import Experiment
-from dr_exp.state import Status
 
 
 def main(base: str, experiment: str, worker_id: str, go: str, out: str) -> None:
@@ -16,13 +15,13 @@ def main(base: str, experiment: str, worker_id: str, go: str, out: str) -> None:
     won = []
     empty = 0
     while empty < 2:
-        rec = exp.claim(worker_id, lease_seconds=600, refresh_seconds=0.5)
-        if rec is None:
+        attempt = exp.claim(worker_id, lease_seconds=600, refresh_seconds=0.5)
+        if attempt is None:
             empty += 1
             continue
         empty = 0
-        won.append(rec.id)
-        assert exp.finish(rec.id, worker_id, rec.attempts, Status.COMPLETED, result={"metrics": {}}) is not None
+        won.append(attempt.job_id)
+        assert exp.complete(attempt, {"metrics": {}}) is not None
     Path(out).write_text("\n".join(won) + "\n")
 
 

@@ -32,7 +32,7 @@ def test_six_processes_claim_each_job_exactly_once(base, round_):
     listed = json.loads((base / "listed.json").read_text())
     assert listed["problems"] == [] and listed["backwards"] == [], listed
     assert listed["passes"] >= 2, listed
-    assert not any(exp.store.quarantine_dir.iterdir())
+    assert not any(exp.layout.quarantine_dir.iterdir())
     won = Counter()
     per_proc = []
     for i in range(N_PROCS):
@@ -44,4 +44,4 @@ def test_six_processes_claim_each_job_exactly_once(base, round_):
     assert sum(1 for n in per_proc if n > 0) >= 2, f"no real race happened: {per_proc}"
     statuses = Counter(r.status for r in exp.list())
     assert statuses == {"completed": N_JOBS}
-    assert exp.store.list_markers() == [] and not any(exp.store.claimed_dir.iterdir())
+    assert exp.store.list_markers() == [] and not any(exp.layout.claimed_dir.iterdir())

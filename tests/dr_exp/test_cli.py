@@ -39,24 +39,6 @@ def test_sweep_then_list_json_parses(base):
     assert len(jobs) == 8 and len({j["sweep_id"] for j in jobs}) == 1
 
 
-def test_validate_reports_and_fixes(base):
-    ok(run_cli("job", "sweep", "--config", "exp_configs/noop.yaml", "--params", "+x=1,2,3", base=base))
-    root = base / "exp"
-    records = sorted((root / "jobs").glob("*.json"))
-    records[0].write_text("{not json")
-    marker = next((root / "queue").iterdir())
-    marker.unlink()
-    (root / "leases" / f"{uuid.uuid4()}.json").write_text("{}")
-    proc = run_cli("validate", base=base)
-    assert proc.returncode == 1
-    assert "quarantined unreadable record" in proc.stdout and "orphan lease" in proc.stdout
-    spare = root / "jobs" / f".{records[0].stem}.spare"
-    assert spare.exists() and f"spare file {spare.name} of a job that has no record" in proc.stdout
-    fixed = ok(run_cli("validate", "--fix", base=base))
-    assert "fixed:" in fixed and not spare.exists()
-    assert "no problems found" in ok(run_cli("validate", base=base))
-
-
 def _bad_configs(tmp_path):
     d = tmp_path / "cfgs"
     d.mkdir()

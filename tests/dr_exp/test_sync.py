@@ -97,7 +97,7 @@ def bucket_files(server, job_id, experiment="exp") -> dict[str, bytes]:
 
 
 def local_files(exp, job_id) -> dict[str, bytes]:
-    run = exp.store.run_dir(job_id)
+    run = exp.run_dir(job_id).root
     return {p.relative_to(run).as_posix(): p.read_bytes() for p in run.rglob("*")
             if p.is_file() and not p.name.startswith(".outcome-")}
 
@@ -141,7 +141,7 @@ def test_resync_uploads_only_what_changed(base, s3):
     time.sleep(1.1)  # S3 timestamps have 1 s resolution
     again = run_cli("sync", "run", "--job", job, base=base)
     assert again.returncode == 0 and "(0 files uploaded)" in again.stdout, again.stdout
-    with open(exp.store.run_dir(job) / "metrics.jsonl", "a") as fh:
+    with open(exp.run_dir(job).metrics, "a") as fh:
         fh.write('{"extra": 1}\n')
     once_more = run_cli("sync", "run", "--job", job, base=base)
     assert "(1 files uploaded)" in once_more.stdout, once_more.stdout
@@ -163,7 +163,7 @@ def test_server_down_mid_upload_loses_nothing(base, s3, tmp_path):
     out, _ = worker.communicate(timeout=90)
     assert worker.returncode == 0, out
     assert exp.get(small).status == "completed"  # the worker carried on
-    queued = {p.stem for p in (exp.store.sync_dir / "queue").glob("*.json")}
+    queued = {p.stem for p in (exp.layout.sync_dir / "queue").glob("*.json")}
     assert {big, small} <= queued
     status = run_cli("sync", "status", base=base).stdout
     assert "failing:" in status
@@ -175,7 +175,7 @@ def test_server_down_mid_upload_loses_nothing(base, s3, tmp_path):
         assert_mirrored(restarted, exp, big)
         assert_mirrored(restarted, exp, small)
         assert not restarted.client().list_multipart_uploads(Bucket=BUCKET).get("Uploads")
-        assert not list((exp.store.sync_dir / "queue").glob("*.json"))
+        assert not list((exp.layout.sync_dir / "queue").glob("*.json"))
     finally:
         restarted.kill()
 
@@ -188,7 +188,7 @@ def test_kill_9_after_completion_sync_survives_on_disk(base, s3):
     wait_for(lambda: exp.get(job).status == "completed", 60, interval=0.005, what="job completed")
     worker.send_signal(signal.SIGKILL)
     worker.wait(10)
-    entry = exp.store.sync_dir / "queue" / f"{job}.json"
+    entry = exp.layout.sync_dir / "queue" / f"{job}.json"
     assert entry.exists(), "the pending sync was not on disk"
     proc = run_cli("sync", "run", base=base)
     assert proc.returncode == 0, proc.stderr
@@ -201,7 +201,7 @@ def test_bad_input_one_line_exit_2_queue_intact_and_no_secret_on_disk(base, s3, 
     configure(base, s3)
     job = submit(exp, "+x=2")
     run_cli("system", "worker", "--idle-timeout", "0", base=base, DR_EXP_S3_URI="s3://missing-bucket")
-    queue_before = snapshot(exp.store.sync_dir / "queue")
+    queue_before = snapshot(exp.layout.sync_dir / "queue")
     assert queue_before, "the failed sync should have stayed queued"
     auth = MotoServer(INITIAL_NO_AUTH_ACTION_COUNT="0").start()  # rejects every credential
     try:
@@ -218,7 +218,7 @@ def test_bad_input_one_line_exit_2_queue_intact_and_no_secret_on_disk(base, s3, 
             lines = proc.stderr.strip().splitlines()
             assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
             assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr, (args, proc.stderr)
-            assert snapshot(exp.store.sync_dir / "queue").keys() == queue_before.keys()
+            assert snapshot(exp.layout.sync_dir / "queue").keys() == queue_before.keys()
     finally:
         auth.kill()
     assert run_cli("sync", "run", base=base).returncode == 0

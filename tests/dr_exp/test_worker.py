@@ -5,12 +5,11 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
 from dr_exp.api import Experiment
-from dr_exp.store import read_jsonl
+from dr_exp.fileio import read_jsonl
 from tests.conftest import EXP_CONFIGS, run_cli, spawn_cli, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -43,7 +42,7 @@ def test_kill_9_worker_job_goes_back_and_completes_with_attempt_2(base, exp):
     assert code == 0, out
     assert rec.status == "completed" and rec.attempts == 2, rec.history
     assert any("lease expired" in h.get("reason", "") for h in rec.history)
-    assert [e["event"] for e in read_jsonl(exp.store.run_dir(job) / "events.jsonl")].count("completed") == 1
+    assert [e["event"] for e in read_jsonl(exp.run_dir(job).events)].count("completed") == 1
 
 
 def test_sigusr1_preempts_and_next_worker_resumes(base, exp):
@@ -56,13 +55,13 @@ def test_sigusr1_preempts_and_next_worker_resumes(base, exp):
     assert code == 0, out
     rec = exp.get(job)
     assert rec.status == "pending" and rec.resume_from and rec.preemptions == 1, rec.history
-    saved = json.loads(Path(rec.resume_from).read_text())["step"]
+    saved = json.loads(exp.run_dir(job).resolve(rec.resume_from).read_text())["step"]
     assert 0 < saved < 40
     code, out = finish(worker(base, "--idle-timeout", "0.5"))
     rec = exp.get(job)
     assert rec.status == "completed", out
     assert rec.result["metrics"]["start_step"] == saved and rec.result["metrics"]["steps_done"] == 40
-    events = [e["event"] for e in read_jsonl(exp.store.run_dir(job) / "events.jsonl")]
+    events = [e["event"] for e in read_jsonl(exp.run_dir(job).events)]
     assert "preempted" in events and "resumed" in events
 
 
@@ -79,7 +78,7 @@ def test_child_crashes_fail_the_job_and_worker_goes_on(base, exp):
     for j in (seg, exc, ex3):
         rec = exp.get(j)
         assert rec.status == "failed"
-        assert os.path.exists(rec.error["traceback_path"])
+        assert (exp.store.root / rec.error["traceback_path"]).is_file()
     assert exp.get(fine).status == "completed"
     shown = run_cli("job", "show", exc, base=base).stdout
     assert "RuntimeError: noop trainer told to fail on attempt 1" in shown
@@ -105,14 +104,15 @@ def test_cancel_running_job_stops_it_within_seconds(base, exp):
     assert exp.get(job).status == "cancelled"
 
 
-def test_timeout_fails_job_with_reason(base, exp):
-    job = submit(exp, "duration=60", timeout=1.0)
+def test_timeout_is_a_failed_attempt_retried_while_attempts_last(base, exp):
+    job = submit(exp, "duration=60", timeout=1.0, max_attempts=2)
     t0 = time.monotonic()
     code, out = finish(worker(base, "--idle-timeout", "0.2"))
     rec = exp.get(job)
     assert code == 0, out
     assert rec.status == "failed" and rec.error["reason"] == "timeout", rec.error
-    assert time.monotonic() - t0 < 15
+    assert rec.attempts == 2 and [h["to"] for h in rec.history] == ["running", "pending", "running", "failed"]
+    assert time.monotonic() - t0 < 20
 
 
 def test_worker_options_validated(base):
@@ -127,19 +127,19 @@ def test_launcher_drains_sweep_and_restarts_killed_worker(base):
     assert len(res.submitted) == 20
     launcher = spawn_cli("system", "launcher", "--workers", "2", "--idle-timeout", "3", base=base,
                          DR_EXP_LEASE_SECONDS="2", DR_EXP_HEARTBEAT_SECONDS="0.5")
-    env_files = wait_for(lambda: sorted(exp.store.logs_dir.glob("*-w0.env.json")), 30, what="worker 0 started")
+    env_files = wait_for(lambda: sorted(exp.layout.logs_dir.glob("*-w0.env.json")), 30, what="worker 0 started")
     wait_for(lambda: len(exp.list(status="completed")) >= 2, 60, what="progress")
     victim = json.loads(env_files[0].read_text())["pid"]
     os.kill(victim, signal.SIGKILL)
     code, out = finish(launcher, 120)
     assert code == 0, out
-    launcher_log = next(exp.store.logs_dir.glob("launcher-*.log")).read_text()
+    launcher_log = next(exp.layout.logs_dir.glob("launcher-*.log")).read_text()
     assert "restarting" in launcher_log
-    assert list(exp.store.logs_dir.glob("*-w0r1.env.json")), "killed worker was not restarted"
+    assert list(exp.layout.logs_dir.glob("*-w0r1.env.json")), "killed worker was not restarted"
     records = exp.list()
     assert len(records) == 20 and all(r.status == "completed" for r in records)
     for r in records:
-        done = [e for e in read_jsonl(exp.store.run_dir(r.id) / "events.jsonl") if e["event"] == "completed"]
+        done = [e for e in read_jsonl(exp.run_dir(r.id).events) if e["event"] == "completed"]
         assert len(done) == 1
     rows = json.loads(run_cli("results", "--format", "json", "--sweep", res.sweep_id, base=base).stdout)
     assert len(rows) == 20
@@ -170,7 +170,7 @@ def test_launcher_forwards_a_signal_once_and_job_is_handed_back(base, exp):
     assert code == 0, out
     rec = exp.get(job)
     assert rec.status == "pending" and rec.preemptions == 1 and rec.resume_from, rec.history
-    assert json.loads(Path(rec.resume_from).read_text())["step"] > 0  # checkpointed, not killed
+    assert json.loads(exp.run_dir(job).resolve(rec.resume_from).read_text())["step"] > 0  # checkpointed, not killed
 
 
 def test_worker_max_jobs_gpu_pinning_and_preload(base, exp):
@@ -180,11 +180,11 @@ def test_worker_max_jobs_gpu_pinning_and_preload(base, exp):
                               "--worker-id", "w-pinned"))
     assert code == 0, out
     assert [exp.get(first).status, exp.get(second).status] == ["completed", "pending"]  # stopped after one job
-    env = json.loads((exp.store.logs_dir / "w-pinned.env.json").read_text())["env"]
+    env = json.loads((exp.layout.logs_dir / "w-pinned.env.json").read_text())["env"]
     assert env["CUDA_VISIBLE_DEVICES"] == "3"
-    events = read_jsonl(exp.store.run_dir(first) / "events.jsonl")
+    events = read_jsonl(exp.run_dir(first).events)
     assert next(e for e in events if e["event"] == "started")["cuda_visible_devices"] == "3"
-    log = (exp.store.logs_dir / "w-pinned.log").read_text()
+    log = (exp.layout.logs_dir / "w-pinned.log").read_text()
     assert "fork server preloads" in log and "'json'" in log
 
 

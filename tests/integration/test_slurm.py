@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dr_exp.api import Experiment
-from dr_exp.store import read_jsonl
+from dr_exp.fileio import read_jsonl
 from tests.conftest import EXP_CONFIGS, REPO, run_cli, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(240)]
@@ -78,7 +78,7 @@ def completed_once(exp):
     records = exp.list()
     assert records and all(r.status == "completed" for r in records), Counter(r.status for r in records)
     for r in records:
-        events = read_jsonl(exp.store.run_dir(r.id) / "events.jsonl")
+        events = read_jsonl(exp.run_dir(r.id).events)
         assert sum(e["event"] == "completed" for e in events) == 1, r.id
     return records
 
@@ -91,7 +91,7 @@ def test_sbatch_launcher_drains_the_queue(slurm, base):
     state, code = wait_done(slurm, job)
     assert state == "COMPLETED" and code == "0:0"
     completed_once(exp)
-    logs = exp.store.logs_dir
+    logs = exp.layout.logs_dir
     assert f"output continues in {logs}/slurm-{job}.out" in (base / f"dr_exp-{job}.out").read_text()
     assert "allocation" in (logs / f"slurm-{job}.out").read_text()
     assert len(list(logs.glob("*-w0.log"))) == 1 and len(list(logs.glob("*-w1.log"))) == 1
@@ -116,7 +116,7 @@ def test_fake_gpus_give_two_workers_per_gpu(slurm, base):
     job = sbatch(slurm, base, "--gres=gpu:2", "--cpus-per-task=2",
                  launcher_args=["--workers-per-gpu", "2", "--idle-timeout", "1"])
     assert wait_done(slurm, job)[0] == "COMPLETED"
-    envs = [json.loads(p.read_text())["env"] for p in exp.store.logs_dir.glob("*.env.json")]
+    envs = [json.loads(p.read_text())["env"] for p in exp.layout.logs_dir.glob("*.env.json")]
     assert sorted(e.get("CUDA_VISIBLE_DEVICES") for e in envs) == ["0", "0", "1", "1"]
     completed_once(exp)
 
@@ -132,7 +132,7 @@ def test_usr1_preemption_hands_job_back_and_next_allocation_resumes(slurm, base)
     assert state == "COMPLETED" and code == "0:0", (state, code)  # the allocation ended cleanly
     rec = exp.get(job_id)
     assert rec.status == "pending" and rec.resume_from and rec.preemptions == 1, rec.history
-    saved = json.loads(Path(rec.resume_from).read_text())["step"]
+    saved = json.loads(exp.run_dir(rec).resolve(rec.resume_from).read_text())["step"]
     assert 0 < saved < 80
     second = sbatch(slurm, base, "--gres=none", "--cpus-per-task=1", launcher_args=["--workers", "1", "--idle-timeout", "1"])
     assert wait_done(slurm, second)[0] == "COMPLETED"
@@ -194,4 +194,4 @@ def test_requeue_allocation_restarts_the_same_slurm_job_which_resumes(slurm, bas
     assert state == "COMPLETED"
     rec = exp.get(job_id)
     assert rec.status == "completed" and rec.result["metrics"]["start_step"] > 0, rec.history
-    assert "restart 1" in (exp.store.logs_dir / f"slurm-{alloc}.out").read_text()
+    assert "restart 1" in (exp.layout.logs_dir / f"slurm-{alloc}.out").read_text()

@@ -1,0 +1,124 @@
+"""The job database's files: what a claim and a completion do on disk, batches that are queued
+whole or not at all, and reads that tell a passing stale view from a corrupt record."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from dr_exp import fileio
+from dr_exp.errors import CorruptRecord
+from dr_exp.job import JobRecord
+from dr_exp.state import Status
+from tests.conftest import NOOP
+
+
+def _spare_bytes(exp, job_id):
+    return Path(exp.layout.spare(job_id)).read_bytes()
+
+
+def test_a_record_that_was_public_is_never_rewritten(exp):
+    """Updates swap a private file into place; a reader holding the old record keeps reading
+    exactly what it opened, through claims, re-queues and completion."""
+    rec = exp.submit_configs([NOOP]).submitted[0]
+    assert _spare_bytes(exp, rec.id) == b""  # the unused spare is empty
+    path = exp.layout.record(rec.id)
+    with open(path, "rb") as reader:
+        pending = Path(path).read_bytes()
+        first = exp.claim("w1")
+        assert exp.get(rec.id).status == "running"
+        kept = _spare_bytes(exp, rec.id)
+        assert kept in (pending, b"")  # swapped where the filesystem can (b"" where it renamed)
+        exp.hand_back(first, None, "pre-empted")
+        again = exp.claim("w2")  # the spare is not empty now: a fresh file is used
+        assert again.job_id == rec.id and again.number == 2 and exp.get(rec.id).worker_id == "w2"
+        assert _spare_bytes(exp, rec.id) == kept
+        exp.complete(again, {"metrics": {"m": 1}})
+        assert reader.read() == pending
+    assert exp.get(rec.id).status == "completed"
+    assert not os.listdir(exp.layout.leases_dir) or os.listdir(exp.layout.leases_dir) == [".clock-" + exp.layout.host]
+    assert [p for p in os.listdir(exp.layout.jobs) if p.endswith(".tmp")] == []
+
+
+def test_exchange_swaps_and_falls_back(exp, tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_text("A")
+    b.write_text("B")
+    if fileio.exchange(a, b):  # Linux on a local filesystem
+        assert (a.read_text(), b.read_text()) == ("B", "A")
+        with pytest.raises(FileNotFoundError):
+            fileio.exchange(a, tmp_path / "missing")
+    # Where the system cannot swap (NFS, not Linux) a claim renames and frees the old record.
+    monkeypatch.setattr(fileio, "_renameat2", False)
+    assert fileio.exchange(a, b) is False
+    rec = exp.submit_configs([NOOP]).submitted[0]
+    att = exp.claim("w")
+    assert att.job_id == rec.id and exp.get(rec.id).status == "running"
+    assert not os.path.exists(exp.layout.spare(rec.id))
+    assert exp.complete(att, {}).status == "completed"
+
+
+def test_a_batch_is_queued_whole_or_not_at_all(exp):
+    exp.store.ensure()
+    records = [JobRecord(id=f"00000000-0000-4000-8000-{i:012d}", experiment="exp", config=dict(NOOP, i=i))
+               for i in range(5)]
+    # Make the 4th marker impossible to publish: a directory already holds its name.
+    os.mkdir(exp.layout.queued(records[3].marker))
+    with pytest.raises(OSError):
+        exp.store.create_jobs(records)
+    os.rmdir(exp.layout.queued(records[3].marker))
+    assert exp.store.record_ids() == [] and exp.store.list_markers() == []
+    assert list(os.listdir(exp.layout.jobs)) == []
+    assert list(os.listdir(exp.layout.queue_dir)) == []
+    exp.store.create_jobs(records)
+    assert len(exp.store.list_markers()) == 5 and len(exp.list()) == 5
+
+
+def test_a_passing_short_read_is_not_corruption(exp, monkeypatch):
+    from dr_exp import store as store_mod
+
+    rec = exp.submit_configs([NOOP]).submitted[0]
+    real = store_mod.read_bytes
+    calls = {"n": 0}
+
+    def cut_first_two(path):
+        calls["n"] += 1
+        data = real(path)
+        return data[: len(data) // 2] if calls["n"] <= 2 else data
+
+    monkeypatch.setattr(store_mod, "read_bytes", cut_first_two)
+    assert exp.store.read_record(rec.id).id == rec.id and calls["n"] == 3
+    monkeypatch.setattr(store_mod, "read_bytes", lambda path: real(path)[:10])  # truly cut short
+    with pytest.raises(CorruptRecord):
+        exp.store.read_record(rec.id)
+
+
+def test_read_only_listing_never_moves_a_corrupt_record(exp):
+    good, bad = exp.submit_configs([{**NOOP, "i": 1}, {**NOOP, "i": 2}]).submitted
+    path = exp.layout.record(bad.id)
+    Path(path).write_text(Path(path).read_text()[:40])
+    problems: list[str] = []
+    assert [r.id for r in exp.list(problems=problems)] == [good.id]
+    assert "unreadable record" in problems[0] and os.path.exists(path)
+    assert not os.listdir(exp.layout.quarantine_dir)
+
+
+@pytest.mark.parametrize(("field", "value"), [("priority", "abc"), ("history", None), ("config", "oops"),
+                                         ("attempts", -1), ("tags", [1]), ("status", "weird"), ("id", "x"),
+                                         ("timeout", "soon"), ("result", [1])])
+def test_records_of_the_wrong_shape_are_unreadable(exp, field, value):
+    rec = exp.submit_configs([NOOP]).submitted[0]
+    data = json.loads(Path(exp.layout.record(rec.id)).read_text())
+    data[field] = value
+    Path(exp.layout.record(rec.id)).write_text(json.dumps(data))
+    with pytest.raises(CorruptRecord, match=field if field != "id" else "id"):
+        exp.store.read_record(rec.id, settle=False)
+
+
+def test_dedup_index_is_a_few_shard_files(exp):
+    exp.submit_configs([{**NOOP, "i": i} for i in range(300)])
+    shards = os.listdir(exp.layout.index_dir)
+    assert 100 < len(shards) <= 256 and all(s.endswith(".jsonl") for s in shards)
+    assert len(exp.submit_configs([{**NOOP, "i": i} for i in range(300)]).skipped) == 300
+    assert Status.PENDING in {r.status for r in exp.list()}
