@@ -312,6 +312,15 @@ class Experiment:
             rec.sync = sync
             self.store.write_record(rec)
 
+    def rewrite(self, job_id: str) -> JobRecord | None:
+        """Write a readable record again as it reads now (``validate --fix`` fills in the fields a
+        record lacked with their defaults this way). None if it is missing or unreadable."""
+        with self.store.lock(job_id):
+            rec = self.read_or_none(job_id)
+            if rec is not None:
+                self.store.write_record(rec)
+        return rec
+
     # -- claiming ------------------------------------------------------------------------------
     def claim(self, worker_id: str, lease_seconds: float = DEFAULT_LEASE_SECONDS,
               refresh_seconds: float = DEFAULT_REFRESH_SECONDS) -> Attempt | None:

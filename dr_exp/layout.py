@@ -130,6 +130,11 @@ class Layout:
     def slurm_dir(self) -> Path:
         return self.root / "slurm"
 
+    @property
+    def sync_settings(self) -> Path:
+        """The experiment's S3 sync settings (never credentials)."""
+        return self.sync_dir / "settings.json"
+
     # -- files -------------------------------------------------------------------------------
     def record(self, job_id: str) -> str:
         return f"{self.jobs}/{job_id}.json"

@@ -77,6 +77,21 @@ class RunDir:
         return self.root / f".outcome-{attempt}.json"
 
     # -- helpers ---------------------------------------------------------------------------
+    @staticmethod
+    def is_private(rel: str) -> bool:
+        """Files of the run that are bookkeeping between a job and its worker (never mirrored)."""
+        name = rel.rsplit("/", 1)[-1]
+        return name.startswith(".outcome-") or name.endswith(".tmp")
+
+    @staticmethod
+    def checkpoint_kind(rel: str) -> str | None:
+        """For a path relative to the run directory: ``best``, ``last`` or ``other`` for a
+        checkpoint file, None for anything else."""
+        if not rel.startswith("checkpoints/"):
+            return None
+        name = rel.rsplit("/", 1)[-1]
+        return {"best.ckpt": "best", "last.ckpt": "last"}.get(name, "other")
+
     def relative(self, path: str | os.PathLike[str] | None) -> str | None:
         """``path`` relative to the run directory when it lies inside it, else unchanged."""
         if path is None:

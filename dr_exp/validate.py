@@ -76,12 +76,8 @@ def _check_records(exp: Experiment, fix: bool, report: Report) -> dict[str, JobR
         missing = _missing_fields(path)
         if missing:
             report.problems.append(f"record {path} lacks {', '.join(missing)} (defaults assumed)")
-            if fix:
-                with store.lock(job_id):
-                    fresh = exp.read_or_none(job_id)
-                    if fresh is not None:
-                        store.write_record(fresh)
-                        report.fixed.append(f"completed record {path} with defaults")
+            if fix and exp.rewrite(job_id) is not None:
+                report.fixed.append(f"completed record {path} with defaults")
     return records
 
 

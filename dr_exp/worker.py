@@ -388,8 +388,8 @@ class Worker:
         """Turn how the child ended into exactly one lifecycle call."""
         outcome = _read_json(run.outcome(attempt.number)) or {}
         status = outcome.get("status")
-        if ending == "lost":
-            self._event(run, attempt, "stopped", {"reason": "the attempt no longer owns the job (cancelled or taken over)"})
+        if ending == "lost" or (status == "fenced" and not self.exp.owns(attempt)):
+            # Nothing goes into the run directory: it belongs to whoever owns the job now.
             return "stopped: the job was cancelled or taken over"
         if status == "completed":
             result = _read_json(run.result) or {}

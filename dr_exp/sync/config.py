@@ -1,4 +1,4 @@
-"""Per-experiment sync settings (``sync/config.json``), overridable by environment variables.
+"""Per-experiment sync settings (``sync/settings.json``), overridable by environment variables.
 
 Credentials are never stored: boto3 finds them through its usual chain (environment,
 ``~/.aws``, instance roles).
@@ -57,7 +57,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def config_path(store: ExperimentStore) -> str:
-    return str(store.layout.sync_dir / "config.json")
+    return str(store.layout.sync_settings)
 
 
 def load_config(store: ExperimentStore) -> SyncConfig | None:

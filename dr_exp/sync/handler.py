@@ -19,12 +19,12 @@ from typing import Any
 
 from dr_exp.errors import SyncError
 from dr_exp.fileio import atomic_write
+from dr_exp.rundir import RunDir
 from dr_exp.store import ExperimentStore
 from dr_exp.sync.config import SyncConfig
 
 RECORD_KEY = "_dr_exp_record.json"
 MiB = 1024 * 1024
-_SKIP_PREFIXES = (".outcome-",)
 
 
 class SyncUnavailable(SyncError):
@@ -126,13 +126,11 @@ class SyncHandler:
         return "/".join(parts) + "/"
 
     def _included(self, rel: str) -> bool:
-        name = rel.rsplit("/", 1)[-1]
-        if name.startswith(_SKIP_PREFIXES) or name.endswith(".tmp"):
+        if RunDir.is_private(rel):
             return False
-        if not rel.startswith("checkpoints/"):
-            return True
+        kind = RunDir.checkpoint_kind(rel)
         mode = self.config.include_checkpoints
-        return mode == "all" or (mode == "best" and name == "best.ckpt") or (mode == "last" and name == "last.ckpt")
+        return kind is None or mode == "all" or mode == kind
 
     def local_files(self, job_id: str) -> dict[str, Path]:
         run = self.store.run_dir(job_id).root
