@@ -1,18 +1,32 @@
 """SyncHandler: mirror ``storage/run_<id>/`` to ``<s3-uri>/<experiment>/run_<id>/``.
 
 Uploads go through boto3's transfer manager (multipart above the threshold, several files at
-once). A manifest per run (size, mtime, MD5 per file, in ``sync/manifests/``) makes a re-sync
-upload only what changed, and every upload is verified against the server's ETag (the MD5 of
-the file, or of its part MD5s for multipart uploads). Multipart uploads become visible only when
-complete, so an interrupted sync never leaves a partial object that looks whole.
+once). A manifest per run (size, mtime, SHA-256 per file, in ``sync/manifests/``) makes a re-sync
+upload only what changed. Every upload is verified by its size and SHA-256, never by its ETag
+(not an MD5 in SSE-KMS buckets and on several S3-compatible stores), in one of two ways:
+
+- ``checksum``: the upload asks the store to keep a SHA-256 checksum (``ChecksumAlgorithm``;
+  S3 checks it against the bytes it received) and a HeadObject reads it back: the file's SHA-256,
+  or for a multipart upload the SHA-256 of the part checksums with a ``-<parts>`` suffix;
+- ``reread``: for stores that keep no checksums (or refuse the headers), the object is read back
+  (ranged GETs by the transfer manager) and hashed; slower, correct on any store.
+
+The first upload to a bucket finds out which one works; the answer is kept per endpoint and
+bucket in ``sync/verify.json``, so later uploads do not ask again. A mismatch, or a local file
+that changed while it was uploaded, leaves the run queued to be uploaded again. Multipart
+uploads become visible only when complete, so an interrupted sync never leaves a partial object
+that looks whole.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +39,11 @@ from dr_exp.sync.config import SyncConfig
 
 RECORD_KEY = "_dr_exp_record.json"
 MiB = 1024 * 1024
+CHECKSUM, REREAD = "checksum", "reread"
+# The store received other bytes than were sent: worth uploading again.
+_DAMAGED_CODES = ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch")
+# How stores without checksum support answer a request that carries checksum headers.
+_REFUSED_CODES = ("InvalidArgument", "InvalidRequest", "NotImplemented", "BadRequest")
 
 
 class SyncUnavailable(SyncError):
@@ -59,6 +78,8 @@ def translate(exc: BaseException, config: SyncConfig) -> SyncError:
                     "ExpiredToken") or status == 403:
             return SyncError(f"{where} refused the credentials ({code or status}); check AWS_ACCESS_KEY_ID/"
                              "AWS_SECRET_ACCESS_KEY or AWS_PROFILE and the bucket policy")
+        if code in _DAMAGED_CODES:
+            return SyncUnavailable(f"{where} received other bytes than were sent ({code}); will retry")
         if status and int(status) >= 500:
             return SyncUnavailable(f"{where} failed ({code} {status}); will retry")
         return SyncError(f"{where} refused the request: {code} {_scrub(str(exc))}")
@@ -70,34 +91,114 @@ def translate(exc: BaseException, config: SyncConfig) -> SyncError:
     return SyncUnavailable(f"sync to {where} failed: {type(exc).__name__}: {_scrub(str(exc))}")
 
 
+def _refuses_checksums(exc: BaseException) -> bool:
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return False
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return status == 501 or (status == 400 and exc.response.get("Error", {}).get("Code") in _REFUSED_CODES)
+
+
 def make_client(config: SyncConfig) -> Any:
     import boto3
     from botocore.config import Config
 
+    options: dict[str, Any] = {}
+    if "request_checksum_calculation" in Config.OPTION_DEFAULTS:
+        # Checksum headers only where SyncHandler asks for them: stores that refuse them still work.
+        options["request_checksum_calculation"] = "when_required"
     session = boto3.session.Session(region_name=config.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
     return session.client("s3", endpoint_url=config.endpoint_url,
                           config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5,
-                                        read_timeout=60, max_pool_connections=max(10, config.max_concurrency * 2)))
+                                        read_timeout=60, max_pool_connections=max(10, config.max_concurrency * 2),
+                                        **options))
 
 
-def file_digests(path: Path, part_size: int) -> tuple[str, list[bytes]]:
-    """MD5 of the whole file and the MD5s of its ``part_size`` parts (for multipart ETags)."""
-    whole = hashlib.md5()
-    parts: list[bytes] = []
-    with open(path, "rb") as fh:
-        while True:
-            chunk = fh.read(part_size)
-            if not chunk:
-                break
-            whole.update(chunk)
-            parts.append(hashlib.md5(chunk).digest())
-    return whole.hexdigest(), parts
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
 
 
-def expected_etag(md5_hex: str, parts: list[bytes], size: int, threshold: int) -> str:
-    if size < threshold:
-        return md5_hex
-    return f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}"
+@dataclass(frozen=True)
+class Digest:
+    """SHA-256 of the bytes uploaded: of the whole, and of each part of a multipart upload."""
+
+    size: int
+    sha256: bytes
+    parts: tuple[bytes, ...] = ()
+
+    @property
+    def hex(self) -> str:
+        return self.sha256.hex()
+
+    def checksum(self) -> str:
+        """What S3 reports as ``ChecksumSHA256``: the object's SHA-256, or for a multipart upload the
+        SHA-256 of the part checksums followed by ``-<parts>`` (a composite checksum); base64."""
+        if not self.parts:
+            return _b64(self.sha256)
+        return f"{_b64(hashlib.sha256(b''.join(self.parts)).digest())}-{len(self.parts)}"
+
+    def matches(self, reported: str) -> bool:
+        """Some stores leave out the ``-<parts>`` suffix, some report a whole-object checksum for
+        multipart uploads; each of those is a SHA-256 of the same bytes."""
+        expected = self.checksum()
+        return reported in (expected, expected.split("-")[0], _b64(self.sha256))
+
+
+def digest_of(source: Path | bytes, size: int, part_size: int | None) -> Digest:
+    """SHA-256 of the first ``size`` bytes (what is uploaded: the size is fixed when the upload is
+    queued), and of each ``part_size`` part when it goes up in parts."""
+    whole, parts, left = hashlib.sha256(), [], size
+    with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as fh:
+        while left > 0:
+            part = hashlib.sha256() if part_size else None
+            todo = min(left, part_size or left)
+            while todo > 0:
+                block = fh.read(min(todo, 8 * MiB))
+                if not block:
+                    raise SyncUnavailable(f"{source} shrank while it was being read; will retry")
+                whole.update(block)
+                if part is not None:
+                    part.update(block)
+                todo -= len(block)
+                left -= len(block)
+            if part is not None:
+                parts.append(part.digest())
+    return Digest(size, whole.digest(), tuple(parts))
+
+
+class _KnownSize:
+    """Transfer-manager subscriber: upload exactly the bytes that were hashed, even if the file grows."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def on_queued(self, future: Any, **kwargs: Any) -> None:
+        future.meta.provide_transfer_size(self.size)
+
+
+class _HashSink:
+    """A download target that hashes what it is given (the transfer manager writes it in order)."""
+
+    def __init__(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def seekable(self) -> bool:
+        return False
+
+
+@dataclass
+class _Upload:
+    rel: str
+    source: Path | bytes
+    digest: Digest
+    entry: dict[str, Any]
 
 
 @dataclass
@@ -119,6 +220,11 @@ class SyncHandler:
         self.transfer_config = TransferConfig(multipart_threshold=self.part_size, multipart_chunksize=self.part_size,
                                               max_concurrency=config.max_concurrency, use_threads=True)
         self.manifests_dir = store.layout.sync_dir / "manifests"
+        self._modes_path = store.layout.sync_dir / "verify.json"
+        self._mode_key = f"{config.endpoint_url or 'aws'} {self.config.bucket}"
+        self._mode_lock = threading.Lock()
+        mode = self._load_modes().get(self._mode_key)
+        self.verify_mode: str | None = mode if mode in (CHECKSUM, REREAD) else None  # None: not known yet
 
     # -- keys and files --------------------------------------------------------------------
     def run_prefix(self, job_id: str) -> str:
@@ -155,6 +261,34 @@ class SyncHandler:
         self.manifests_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self._manifest_path(job_id), json.dumps(manifest, sort_keys=True))
 
+    def _part_size(self, size: int) -> int | None:
+        """The part size the transfer manager will use for ``size`` bytes; None for a single PUT."""
+        from s3transfer.utils import ChunksizeAdjuster
+
+        if size < self.transfer_config.multipart_threshold:
+            return None
+        return ChunksizeAdjuster().adjust_chunksize(self.transfer_config.multipart_chunksize, size)
+
+    # -- how uploads are verified ----------------------------------------------------------
+    def _load_modes(self) -> dict[str, str]:
+        try:
+            data = json.loads(self._modes_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _decide(self, mode: str) -> None:
+        """Remember how this bucket verifies. Checksums are trusted only until one upload needed a
+        re-read, which then stays (a store may keep checksums for single uploads only)."""
+        with self._mode_lock:
+            if self.verify_mode == mode or (mode == CHECKSUM and self.verify_mode == REREAD):
+                return
+            self.verify_mode = mode
+            modes = self._load_modes()
+            modes[self._mode_key] = mode
+            self._modes_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self._modes_path, json.dumps(modes, indent=1, sort_keys=True) + "\n")
+
     # -- operations ------------------------------------------------------------------------
     def check_bucket(self) -> None:
         try:
@@ -168,41 +302,36 @@ class SyncHandler:
 
         manifest = self.load_manifest(job_id)
         result = SyncResult()
-        todo: list[tuple[str, Path | bytes, dict[str, Any]]] = []
-        files = self.local_files(job_id)
-        for rel, path in files.items():
+        todo: list[_Upload] = []
+        for rel, path in self.local_files(job_id).items():
             st = path.stat()
-            entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
             old = manifest.get(rel)
             if old and old["size"] == st.st_size and old["mtime_ns"] == st.st_mtime_ns:
                 result.unchanged += 1
                 continue
-            md5_hex, parts = file_digests(path, self.part_size)
-            if old and old.get("md5") == md5_hex and old["size"] == st.st_size:
+            digest = digest_of(path, st.st_size, self._part_size(st.st_size))
+            entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest.hex}
+            if old and old.get("sha256") == digest.hex and old["size"] == st.st_size:
                 manifest[rel] = {**old, **entry}  # touched, not changed
                 result.unchanged += 1
                 continue
-            entry["md5"] = md5_hex
-            entry["etag"] = expected_etag(md5_hex, parts, st.st_size, self.part_size)
-            todo.append((rel, path, entry))
+            todo.append(_Upload(rel, path, digest, entry))
         record = self._record_copy(job_id)
-        if record is not None and manifest.get(RECORD_KEY, {}).get("md5") != hashlib.md5(record).hexdigest():
-            md5_hex = hashlib.md5(record).hexdigest()
-            todo.append((RECORD_KEY, record, {"size": len(record), "mtime_ns": 0, "md5": md5_hex, "etag": md5_hex}))
+        if record is not None:
+            digest = digest_of(record, len(record), self._part_size(len(record)))
+            if manifest.get(RECORD_KEY, {}).get("sha256") != digest.hex:
+                todo.append(_Upload(RECORD_KEY, record, digest, {"size": len(record), "mtime_ns": 0, "sha256": digest.hex}))
         prefix = self.run_prefix(job_id)
         errors: list[BaseException] = []
         if todo:
-            with TransferManager(self.client, self.transfer_config) as manager:
-                futures = [(rel, entry, manager.upload(io.BytesIO(src) if isinstance(src, bytes) else str(src),
-                                                       self.config.bucket, prefix + rel))
-                           for rel, src, entry in todo]
-                for rel, entry, future in futures:
+            with TransferManager(self.client, self.transfer_config) as manager, \
+                    ThreadPoolExecutor(self.config.max_concurrency) as pool:
+                futures = [(item, pool.submit(self._put, manager, prefix + item.rel, item)) for item in todo]
+                for item, future in futures:
                     try:
-                        future.result()
-                        self._verify(prefix + rel, entry)
-                        manifest[rel] = entry
+                        manifest[item.rel] = {**item.entry, "verified": future.result()}
                         result.uploaded += 1
-                        result.bytes += entry["size"]
+                        result.bytes += item.digest.size
                     except BaseException as exc:  # noqa: BLE001 - collected, the rest still finish
                         errors.append(exc)
         self._save_manifest(job_id, manifest)
@@ -210,6 +339,52 @@ class SyncHandler:
         if errors:
             raise translate(errors[0], self.config)
         return result
+
+    def _put(self, manager: Any, key: str, item: _Upload) -> str:
+        """Upload one file and verify it; returns how it was verified."""
+        with_checksum = self.verify_mode != REREAD
+        try:
+            self._upload(manager, key, item, with_checksum)
+        except Exception as exc:
+            if not (with_checksum and _refuses_checksums(exc)):
+                raise
+            self._upload(manager, key, item, with_checksum=False)  # a store that refuses checksum headers
+            with_checksum = False
+        how = self._verify(manager, key, item.digest, with_checksum)
+        if isinstance(item.source, Path):
+            st = item.source.stat()
+            if (st.st_size, st.st_mtime_ns) != (item.entry["size"], item.entry["mtime_ns"]):
+                raise SyncUnavailable(f"{item.source} changed while it was being uploaded; it will be uploaded again")
+        return how
+
+    def _upload(self, manager: Any, key: str, item: _Upload, with_checksum: bool) -> None:
+        source = io.BytesIO(item.source) if isinstance(item.source, bytes) else str(item.source)
+        extra = {"ChecksumAlgorithm": "SHA256"} if with_checksum else {}
+        manager.upload(source, self.config.bucket, key, extra_args=extra,
+                       subscribers=[_KnownSize(item.digest.size)]).result()
+
+    def _verify(self, manager: Any, key: str, digest: Digest, with_checksum: bool) -> str:
+        if with_checksum:
+            head = self.client.head_object(Bucket=self.config.bucket, Key=key, ChecksumMode="ENABLED")
+            if head.get("ContentLength") != digest.size:
+                raise self._mismatch(key, f"size {head.get('ContentLength')} vs {digest.size}")
+            reported = head.get("ChecksumSHA256")
+            if reported and digest.matches(reported):
+                self._decide(CHECKSUM)
+                return CHECKSUM
+            # No checksum: the store keeps none. Another one: reading the object back tells a damaged
+            # upload from a store that computes its checksums some other way.
+        sink = _HashSink()
+        manager.download(self.config.bucket, key, sink).result()
+        if sink.size != digest.size or sink.sha256.digest() != digest.sha256:
+            raise self._mismatch(key, f"read back {sink.size} bytes with SHA-256 {sink.sha256.hexdigest()[:16]}, "
+                                      f"expected {digest.size} bytes with {digest.hex[:16]}")
+        self._decide(REREAD)
+        return REREAD
+
+    def _mismatch(self, key: str, detail: str) -> SyncUnavailable:
+        return SyncUnavailable(f"s3://{self.config.bucket}/{key} does not match the local file ({detail}); "
+                               "it will be uploaded again")
 
     def _record_copy(self, job_id: str) -> bytes | None:
         """The job record as stored next to the run (so `sync pull` can restore it), without its
@@ -221,14 +396,6 @@ class SyncHandler:
         data.pop("sync", None)
         data.pop("rev", None)
         return (json.dumps(data) + "\n").encode()
-
-    def _verify(self, key: str, entry: dict[str, Any]) -> None:
-        head = self.client.head_object(Bucket=self.config.bucket, Key=key)
-        etag = head.get("ETag", "").strip('"')
-        if head.get("ContentLength") != entry["size"] or etag != entry["etag"]:
-            raise SyncUnavailable(f"s3://{self.config.bucket}/{key} does not match the local file "
-                                  f"(size {head.get('ContentLength')} vs {entry['size']}, ETag {etag} vs {entry['etag']}); "
-                                  "it will be uploaded again")
 
     def list_runs(self) -> list[str]:
         """Job ids with a run directory in the bucket for this experiment."""

@@ -16,6 +16,7 @@ import pytest
 
 from dr_exp.api import Experiment
 from tests.conftest import EXP_CONFIGS, run_cli, snapshot, spawn_cli, wait_for
+from tests.dr_exp.s3_proxy import S3Proxy
 
 pytestmark = pytest.mark.timeout(240)
 SECRET = "dr-exp-test-SECRET-9f3c1a7e5b"
@@ -246,3 +247,110 @@ def test_pull_restores_run_directory_byte_for_byte(base, s3, tmp_path):
         assert local_files(other, rec.id) == local_files(exp, rec.id)
     rows = json.loads(run_cli("results", "--format", "json", base=elsewhere).stdout)
     assert sorted(r["x"] for r in rows) == [1, 2]
+
+
+# -- stores that are not AWS: ETags that are not MD5s, no checksums, damaged uploads -------------
+
+@pytest.fixture
+def proxy(s3, request):
+    """A store in front of the moto server whose ETags are random hex; ``request.param`` chooses
+    how it treats checksums (see tests/dr_exp/s3_proxy.py)."""
+    store = S3Proxy(s3.url, getattr(request, "param", "server")).start()
+    yield store
+    store.stop()
+
+
+def manifest(exp, job_id) -> dict:
+    return json.loads((exp.layout.sync_dir / "manifests" / f"{job_id}.json").read_text())
+
+
+def queued(exp) -> set[str]:
+    return {p.stem for p in (exp.layout.sync_dir / "queue").glob("*.json")}
+
+
+def test_etags_that_are_not_md5s_verified_by_checksums(base, s3, proxy):
+    exp = Experiment(base, "exp")
+    configure(base, proxy)
+    job = submit(exp, "payload_mb=20")
+    proc = run_cli("system", "worker", "--idle-timeout", "0", base=base, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert_mirrored(s3, exp, job)
+    through = boto3.client("s3", endpoint_url=proxy.url, region_name="us-east-1")
+    config = exp.run_dir(job).config.read_bytes()
+    head = through.head_object(Bucket=BUCKET, Key=f"team/exp/run_{job}/config.json")
+    assert head["ETag"].strip('"') != md5(config)  # the store really does hide the MD5
+    direct = s3.client().head_object(Bucket=BUCKET, Key=f"team/exp/run_{job}/checkpoints/payload.ckpt")
+    assert direct["ETag"].strip('"').endswith("-3")  # a multipart upload
+    assert {e["verified"] for e in manifest(exp, job).values()} == {"checksum"}
+    assert json.loads((exp.layout.sync_dir / "verify.json").read_text()) == {f"{proxy.url} {BUCKET}": "checksum"}
+    assert not [key for method, key, _ in proxy.requests if method == "GET" and "/run_" in key]  # nothing read back
+    assert not queued(exp) and exp.get(job).sync["state"] == "synced"
+
+
+@pytest.mark.parametrize("proxy", ["strip", "refuse"], indirect=True)
+def test_store_without_checksums_verified_by_reading_back(base, s3, proxy):
+    exp = Experiment(base, "exp")
+    configure(base, proxy)
+    first = submit(exp, "payload_mb=9 +x=1")
+    assert run_cli("system", "worker", "--idle-timeout", "0", base=base, timeout=120).returncode == 0
+    assert_mirrored(s3, exp, first)
+    assert {e["verified"] for e in manifest(exp, first).values()} == {"reread"}
+    assert json.loads((exp.layout.sync_dir / "verify.json").read_text()) == {f"{proxy.url} {BUCKET}": "reread"}
+    assert not queued(exp) and exp.get(first).sync["state"] == "synced"
+    asked = proxy.uploads_with_checksums()
+    assert asked > 0
+    second = submit(exp, "payload_mb=9 +x=2")  # a new worker knows the answer and does not ask again
+    assert run_cli("system", "worker", "--idle-timeout", "0", base=base, timeout=120).returncode == 0
+    assert_mirrored(s3, exp, second)
+    assert proxy.uploads_with_checksums() == asked
+    assert not queued(exp) and exp.get(second).sync["state"] == "synced"
+
+
+@pytest.mark.parametrize("proxy", ["server", "strip"], indirect=True)
+def test_damaged_upload_detected_and_stays_queued(base, s3, proxy):
+    exp = Experiment(base, "exp")
+    configure(base, proxy)
+    proxy.corrupt = "checkpoints/payload.ckpt"
+    job = submit(exp, "payload_mb=9")
+    proc = run_cli("system", "worker", "--idle-timeout", "0", base=base, timeout=120, DR_EXP_SYNC_WAIT="2")
+    assert proc.returncode == 0, proc.stderr
+    assert exp.get(job).status == "completed" and job in queued(exp)
+    again = run_cli("sync", "run", base=base)
+    assert again.returncode == 1 and "payload.ckpt does not match the local file" in again.stderr, again.stderr
+    assert job in queued(exp)
+    assert "checkpoints/payload.ckpt" not in manifest(exp, job)
+    stored = bucket_files(s3, job)["checkpoints/payload.ckpt"]
+    local = (exp.run_dir(job).checkpoints / "payload.ckpt").read_bytes()
+    assert len(stored) == len(local) and stored != local
+    assert "does not match" in run_cli("sync", "status", base=base).stdout
+    proxy.corrupt = None
+    proc = run_cli("sync", "run", base=base)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_mirrored(s3, exp, job)
+    assert not queued(exp) and exp.get(job).sync["state"] == "synced"
+
+
+def test_file_changed_while_uploading_stays_queued(base, s3, proxy):
+    exp = Experiment(base, "exp")
+    job = submit(exp, "+x=4")
+    assert run_cli("system", "worker", "--idle-timeout", "0", base=base).returncode == 0
+    configure(base, proxy)
+    notes = exp.run_dir(job).artifacts / "notes.txt"
+    notes.parent.mkdir(exist_ok=True)
+    notes.write_text("first\n")
+
+    def grow(key: str) -> None:  # runs while the upload of notes.txt is on its way
+        if key.endswith("artifacts/notes.txt"):
+            with open(notes, "a") as fh:
+                fh.write("second\n")
+            proxy.on_upload = None
+
+    proxy.on_upload = grow
+    proc = run_cli("sync", "run", "--job", job, base=base)
+    assert proc.returncode == 1 and "notes.txt changed while it was being uploaded" in proc.stderr, proc.stderr
+    assert job in queued(exp)
+    assert bucket_files(s3, job)["artifacts/notes.txt"] == b"first\n"
+    proc = run_cli("sync", "run", base=base)
+    assert proc.returncode == 0 and "(1 files uploaded)" in proc.stdout, proc.stdout + proc.stderr
+    assert_mirrored(s3, exp, job)
+    assert not queued(exp)
