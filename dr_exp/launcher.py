@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from dr_exp.api import Experiment
 from dr_exp.errors import DrExpError
+from dr_exp.logging.files import attach_log_file
 
 FORWARDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 HEALTHY_SECONDS = 60.0  # a worker that ran this long before dying restarts with the shortest back-off
@@ -34,12 +35,18 @@ def visible_gpus(environ: dict[str, str] | None = None) -> list[str]:
     return []
 
 
+def restart_delay(deaths_in_a_row: int) -> float:
+    """Seconds before restarting a worker that died this many times in a row: 1, 2, 4 ... 32."""
+    return min(MAX_BACKOFF, 2.0 ** min(deaths_in_a_row, 6) / 2)
+
+
 @dataclass
 class _Slot:
     index: int
     gpu: str | None
     proc: subprocess.Popen | None = None
-    restarts: int = 0
+    restarts: int = 0        # in all (names the worker: w<N>r<restarts>)
+    deaths_in_a_row: int = 0  # since it last ran healthily (sets the back-off)
     started_at: float = 0.0
     restart_at: float = 0.0
     done: bool = False
@@ -100,10 +107,7 @@ class Launcher:
 
     def run(self) -> int:
         self.exp.store.ensure()
-        handler = logging.FileHandler(self.exp.layout.launcher_log(self.launcher_id))
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        self.log.addHandler(handler)
-        self.log.setLevel(logging.INFO)
+        attach_log_file(self.log, self.exp.layout.launcher_log(self.launcher_id))
         for sig in FORWARDED:
             signal.signal(sig, self._on_signal)
         start = time.monotonic()
@@ -150,14 +154,14 @@ class Launcher:
                 failures += 1
                 slot.restarts += 1
                 ran = time.monotonic() - slot.started_at
-                if ran > HEALTHY_SECONDS:
-                    slot.restarts = 1  # it ran healthily for a while: start its back-off afresh
-                if slot.restarts > self.opts.max_restarts:
-                    self.log.error("worker %d died %d times in a row; giving up on it", slot.index, slot.restarts)
+                # A worker that ran healthily for a while starts its back-off afresh.
+                slot.deaths_in_a_row = 1 if ran > HEALTHY_SECONDS else slot.deaths_in_a_row + 1
+                if slot.deaths_in_a_row > self.opts.max_restarts:
+                    self.log.error("worker %d died %d times in a row; giving up on it", slot.index, slot.deaths_in_a_row)
                     slot.done = True
                     gave_up += 1
                     continue
-                backoff = min(MAX_BACKOFF, 2.0 ** min(slot.restarts, 6) / 2)
+                backoff = restart_delay(slot.deaths_in_a_row)
                 self.log.warning("worker %d died (exit %s); restarting in %.0fs", slot.index, code, backoff)
                 slot.proc = None
                 slot.restart_at = time.monotonic() + backoff

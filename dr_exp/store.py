@@ -210,7 +210,14 @@ class ExperimentStore:
             return None
         if age < QUARANTINE_AGE:
             return None
-        return self.quarantine(exc.path, exc.reason)
+        dest = self.quarantine(exc.path, exc.reason)
+        name = os.path.basename(exc.path)
+        if name.endswith(".json"):
+            try:  # the record's spare goes with it
+                os.unlink(self.layout.spare(name[:-5]))
+            except FileNotFoundError:
+                pass
+        return dest
 
     def quarantine(self, path: str | os.PathLike[str], reason: str) -> Path:
         """Move an unreadable file aside (with its reason) so it never blocks a worker or a listing."""

@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -30,6 +31,7 @@ from dr_exp.api import DEFAULT_HEARTBEAT_SECONDS, DEFAULT_LEASE_SECONDS, Experim
 from dr_exp.errors import DrExpError, StorageError
 from dr_exp.fileio import atomic_write
 from dr_exp.job import Attempt
+from dr_exp.logging.files import attach_log_file
 from dr_exp.logging.structured_logger import StructuredLogger
 from dr_exp.rundir import RunDir
 from dr_exp.runner import child_main
@@ -175,11 +177,7 @@ class Worker:
     # -- setup ------------------------------------------------------------------------------
     def _setup(self) -> None:
         self.exp.store.ensure()
-        handler = logging.FileHandler(self.exp.layout.worker_log(self.worker_id))
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        self.log.addHandler(handler)
-        self.log.setLevel(logging.INFO)
-        self.log.propagate = False
+        attach_log_file(self.log, self.exp.layout.worker_log(self.worker_id))
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_signal)
 
@@ -254,6 +252,7 @@ class Worker:
             except (StorageError, OSError) as exc:
                 self._io_trouble(exc, deadline)
                 continue
+            self._io_backoff = 0.0
             if attempt is None:
                 if time.monotonic() - idle_since >= self.opts.idle_timeout:
                     self.log.info("queue empty for %.0fs; exiting", self.opts.idle_timeout)
@@ -270,6 +269,7 @@ class Worker:
         """The experiment directory cannot be written (full disk, quota...): log once, back off."""
         if not self._io_backoff:
             self.log.error("cannot write the experiment directory, backing off: %s", exc)
+            print(f"worker {self.worker_id}: {exc}; backing off and retrying", file=sys.stderr, flush=True)
         self._io_backoff = min(MAX_IO_BACKOFF, max(1.0, self._io_backoff * 2))
         end = time.monotonic() + self._io_backoff
         while time.monotonic() < end and not self.signals and (deadline is None or time.monotonic() < deadline):
@@ -290,7 +290,10 @@ class Worker:
                if k.startswith(("SLURM_", "CUDA_", "DR_EXP_")) or k in ("GPU_DEVICE_ORDINAL", "HOSTNAME")}
         info = {"worker_id": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(),
                 "started_at": time.time(), "env": env}
-        atomic_write(self.exp.layout.worker_env(self.worker_id), json.dumps(info, indent=2), durable=False)
+        try:
+            atomic_write(self.exp.layout.worker_env(self.worker_id), json.dumps(info, indent=2), durable=False)
+        except OSError as exc:
+            self.log.warning("could not write %s: %s", self.exp.layout.worker_env(self.worker_id), exc)
 
     # -- one job ----------------------------------------------------------------------------
     def execute(self, attempt: Attempt) -> str:

@@ -50,10 +50,12 @@ def worker(c: Context, worker_id: str | None, idle_timeout: float, max_jobs: int
 @click.option("--idle-timeout", type=float, default=60.0, show_default=True)
 @click.option("--requeue-allocation", is_flag=True,
               help="Under SLURM: after a pre-emption signal, also `scontrol requeue` this allocation.")
+@click.option("--max-restarts", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Give up on a worker slot after this many deaths in a row.")
 @click.argument("worker_args", nargs=-1, type=click.UNPROCESSED)
 @pass_ctx
 def launcher(c: Context, workers_per_gpu: int, workers: int, max_hours: float | None, idle_timeout: float,
-             requeue_allocation: bool, worker_args: tuple[str, ...]) -> None:
+             requeue_allocation: bool, max_restarts: int, worker_args: tuple[str, ...]) -> None:
     """Start and supervise workers: N per visible GPU, or --workers on a CPU machine.
 
     Arguments after `--` go to every worker (e.g. `-- --preload torch`)."""
@@ -61,7 +63,7 @@ def launcher(c: Context, workers_per_gpu: int, workers: int, max_hours: float | 
 
     opts = LauncherOptions(workers_per_gpu=workers_per_gpu, workers=workers, max_hours=max_hours,
                            idle_timeout=idle_timeout, worker_args=list(worker_args),
-                           requeue_allocation=requeue_allocation)
+                           requeue_allocation=requeue_allocation, max_restarts=max_restarts)
     sys.exit(Launcher(c.exp, opts).run())
 
 

@@ -8,6 +8,7 @@ Config keys (all optional; any other key is accepted and ignored, so ``+x=1,2`` 
 - ``fail_on_attempt``: an attempt number (or list) on which to fail;
 - ``fail_mode``: ``raise`` (default), ``exit`` (``sys.exit(3)``) or ``segfault``;
 - ``value``: the metric to return (default: derived from the config);
+- ``checkpoint_seconds``: how long saving the pre-emption checkpoint takes;
 - ``payload_mb``: write ``checkpoints/payload.ckpt`` of this many MiB (random bytes), to check
   that S3 sync moves large files.
 """
@@ -38,6 +39,7 @@ def _fail(mode: str, attempt: int) -> None:
 def train(*, job_id: str, worker_id: str, storage_path: str, duration: float = 0.0, steps: int = 0,
           fail_on_attempt: int | list[int] | None = None, fail_mode: str = "raise",
           value: float | None = None, resume_from: str | None = None, payload_mb: float = 0,
+          checkpoint_seconds: float = 0.0,
           **config: Any) -> dict[str, Any]:
     attempt = int(os.environ.get("DR_EXP_ATTEMPT", "1"))
     failing = fail_on_attempt if isinstance(fail_on_attempt, (list, tuple)) else [fail_on_attempt]
@@ -53,6 +55,7 @@ def train(*, job_id: str, worker_id: str, storage_path: str, duration: float = 0
         per_step = float(duration) / steps
         while step < steps:
             if preemption.requested():
+                time.sleep(float(checkpoint_seconds))  # a checkpoint that takes its time
                 ckpt.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write(ckpt, json.dumps({"step": step}))
                 raise preemption.Preempted(str(ckpt))

@@ -198,3 +198,22 @@ def test_launcher_hands_jobs_back_when_its_hours_are_up(base, exp):
     assert time.monotonic() - t0 < 30
     rec = exp.get(job)
     assert rec.status == "pending" and rec.preemptions == 1 and rec.resume_from, rec.history
+
+
+def test_a_second_signal_stops_the_job_at_once(base, exp):
+    """A job whose checkpoint takes long: the first signal asks for it, the second stops the job
+    without waiting, and the job goes back to the queue (not failed)."""
+    job = submit(exp, "duration=60 steps=600 +checkpoint_seconds=60")
+    w = worker(base, "--idle-timeout", "0.5")
+    wait_for(lambda: exp.get(job).status == "running", 30, what="job running")
+    time.sleep(0.5)
+    w.send_signal(signal.SIGUSR1)
+    time.sleep(1.0)
+    assert w.poll() is None  # still waiting for the checkpoint
+    t0 = time.monotonic()
+    w.send_signal(signal.SIGTERM)
+    code, out = finish(w, 30)
+    assert code == 0, out
+    assert time.monotonic() - t0 < 10, "the second signal did not stop the job at once"
+    rec = exp.get(job)
+    assert rec.status == "pending" and rec.preemptions == 1 and rec.failed_attempts == 0, rec.history
