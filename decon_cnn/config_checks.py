@@ -49,12 +49,13 @@ def locate(path: str) -> Any:
     if module is None:
         raise error or ImportError(path)
     obj = module
-    for name in parts[i:]:
+    for j, name in enumerate(parts[i:]):
         try:
             obj = getattr(obj, name)
         except AttributeError:
-            raise ImportError(f"module {obj.__name__ if hasattr(obj, '__name__') else obj!r} has no "
-                              f"attribute {name!r}") from None
+            if j == 0 and error is not None and len(parts) - i > 1:  # `pkg.missing.Class`: a module is missing
+                raise error from None
+            raise ImportError(f"module {getattr(obj, '__name__', obj)!r} has no attribute {name!r}") from None
     return obj
 
 

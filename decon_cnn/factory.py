@@ -71,7 +71,7 @@ def create_callbacks(config: Any, logger: StructuredLoggerProtocol | None = None
     """``config.callbacks``; ``logger`` (the run's StructuredLoggerProtocol) is offered."""
     cfg = resolved(config)
     callbacks = build_all(cfg.get("callbacks"), "callbacks", {"logger": logger})
-    for name, cb in zip(_names(cfg.get("callbacks")), callbacks, strict=True):
+    for name, cb in zip(_names(cfg.get("callbacks"), "callbacks"), callbacks, strict=True):
         if not isinstance(cb, pl.Callback):
             raise BadTarget(f"{name}: _target_ gave a {type(cb).__name__}, not a Lightning Callback")
     return callbacks
@@ -83,18 +83,18 @@ def create_loggers(config: Any, save_dir: str | os.PathLike[str]) -> list[Any]:
 
     cfg = resolved(config)
     loggers = build_all(cfg.get("loggers"), "loggers", {"save_dir": str(save_dir)})
-    for name, lg in zip(_names(cfg.get("loggers")), loggers, strict=True):
+    for name, lg in zip(_names(cfg.get("loggers"), "loggers"), loggers, strict=True):
         if not isinstance(lg, Logger):
             raise BadTarget(f"{name}: _target_ gave a {type(lg).__name__}, not a Lightning logger")
     return loggers
 
 
-def _names(section: Any) -> list[str]:
+def _names(section: Any, where: str) -> list[str]:
     if section is None:
         return []
     if OmegaConf.is_list(section):
-        return [f"[{i}]" for i, node in enumerate(section) if node is not None]
-    return [str(k) for k, node in section.items() if node is not None]
+        return [f"{where}[{i}]" for i, node in enumerate(section) if node is not None]
+    return [f"{where}.{k}" for k, node in section.items() if node is not None]
 
 
 __all__ = ["create_callbacks", "create_data_module", "create_loggers", "create_lr_scheduler", "create_model",

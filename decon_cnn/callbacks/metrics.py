@@ -57,11 +57,18 @@ class EpochSummary(pl.Callback):
         self._lr: float | None = None
         self._val: dict[str, float] = {}
         self._val_epoch = -1
+        self._epoch = -1
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t0 = self._t_train = time.perf_counter()
         self._images = 0
         self._lr = current_lr(trainer)
+        self._epoch = trainer.current_epoch
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self._epoch != trainer.current_epoch:  # resumed mid-epoch: Lightning skips on_train_epoch_start
+            self.on_train_epoch_start(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:

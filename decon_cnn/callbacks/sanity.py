@@ -83,12 +83,7 @@ class SanityChecks(pl.Callback):
             return
         value = float(loss.detach().float()) * trainer.accumulate_grad_batches
         if not math.isfinite(value):
-            message = (f"loss became {value} at epoch {trainer.current_epoch}, step {trainer.global_step} "
-                       f"(lr {current_lr(trainer)}); lower optimizer.lr, clip gradients (trainer.gradient_clip_val) "
-                       "or check the data")
-            self.flag(trainer, "nan_loss", message, loss=str(value))
-            if self.stop_on_nan:
-                raise TrainingDiverged(f"{message} (sanity.stop_on_nan=false lets the run go on)")
+            self._non_finite(trainer, value)
             return
         ln_c = self._ln_classes
         if first and self.initial_loss and ln_c and abs(value / ln_c - 1) > self.initial_loss_tolerance:
@@ -96,6 +91,14 @@ class SanityChecks(pl.Callback):
                       f"first-step loss {value:.3g} is far from ln({self.num_classes}) = {ln_c:.3g} expected of an "
                       "untrained classifier; check the model's initialisation, its output layer and the labels",
                       loss=value, expected=ln_c)
+
+    def _non_finite(self, trainer: pl.Trainer, value: float) -> None:
+        message = (f"loss became {value} at epoch {trainer.current_epoch}, step {trainer.global_step} "
+                   f"(lr {current_lr(trainer)}); lower optimizer.lr, clip gradients (trainer.gradient_clip_val) "
+                   "or check the data")
+        self.flag(trainer, "nan_loss", message, loss=str(value))
+        if self.stop_on_nan:
+            raise TrainingDiverged(f"{message} (sanity.stop_on_nan=false lets the run go on)")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self._chance_checked or not self.num_classes:
@@ -118,7 +121,8 @@ class SanityChecks(pl.Callback):
         if loss is None:
             return
         value = float(loss)
-        if not math.isfinite(value):
+        if not math.isfinite(value):  # also catches epochs shorter than every_n_steps
+            self._non_finite(trainer, value)
             return
         floor = 0.5 * self._ln_classes if self._ln_classes else 0.0
         if value > self.diverge_factor * self._best_loss and value > floor:

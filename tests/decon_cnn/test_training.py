@@ -78,6 +78,19 @@ def test_trains_one_epoch_from_cifar10_on_disk(quickstart_cfg, tmp_path):
     assert 0.0 <= out.metrics["val/acc"] <= 1.0 and np.isfinite(out.metrics["train/loss"])
 
 
+def test_python_m_decon_cnn_train_runs_on_configs(tmp_path):
+    """Standalone, without dr_exp: Hydra over configs/, one line per epoch, checkpoints in the
+    Hydra output directory, the final metrics printed."""
+    proc = subprocess.run([sys.executable, "-m", "decon_cnn.train", "model=small_cnn", "data.dataset=synthetic",
+                           "transforms=none", "machine=cpu", "trainer.max_epochs=1", "data.synthetic.num_train=128",
+                           "data.synthetic.num_val=64", "hydra.run.dir=out"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^epoch 1/1  train loss [\d.]+ acc [\d.]+  val loss", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^val/acc: [\d.]+$", proc.stdout, re.M)
+    assert (tmp_path / "out" / "checkpoints" / "last.ckpt").is_file()
+
+
 def test_missing_dataset_is_a_clear_error_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "decon_cnn.train", "data.dataset=cifar10",
                            f"paths.data_dir={tmp_path / 'nowhere'}", "machine=cpu", "trainer.max_epochs=1"],
@@ -165,7 +178,8 @@ def test_mid_epoch_preemption_resumes_exactly(quickstart_cfg, tmp_path):
     import pytorch_lightning as pl
 
     cfg = quickstart_cfg("seed=5", "trainer.max_epochs=3")
-    full, full_objects = fit(cfg, logger=MemoryLogger(), checkpoint_dir=tmp_path / "a")
+    full_logger = MemoryLogger()
+    full, full_objects = fit(cfg, logger=full_logger, checkpoint_dir=tmp_path / "a")
     stop = {"flag": False}
 
     class StopMidEpoch(pl.Callback):
@@ -180,6 +194,9 @@ def test_mid_epoch_preemption_resumes_exactly(quickstart_cfg, tmp_path):
     second, objects = fit(cfg, logger=logger, checkpoint_dir=tmp_path / "b", resume_from=first.last_model_path)
     assert second.global_step == full.global_step == 48
     assert logger.epochs("epoch") == [0, 1, 2]
+    # The resumed epoch's row has the epoch's lr and a throughput of its own batches.
+    assert logger.epochs("lr") == pytest.approx(full_logger.epochs("lr"))
+    assert all(0 < r["epoch_time_s"] < 600 and r["images_per_s"] > 0 for r in logger.epochs())
     a, b = full_objects["module"].state_dict(), objects["module"].state_dict()
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
