@@ -81,8 +81,9 @@ def build(node: Any, where: str, offered: Mapping[str, Any] | None = None) -> An
     try:
         return hydra.utils.instantiate(node, _convert_="all", **kwargs)
     except (InstantiationException, TypeError, ValueError, OmegaConfBaseException) as exc:
-        raise BadTarget(f"{where}: cannot build {node['_target_']} ({_one_line(exc)}); "
-                        f"check the keys under {where}") from exc
+        missing = isinstance(exc.__cause__, ImportError)
+        hint = "install the package it needs or choose another" if missing else f"check the keys under {where}"
+        raise BadTarget(f"{where}: cannot build {node['_target_']} ({_one_line(exc)}); {hint}") from exc
 
 
 def build_all(section: Any, where: str, offered: Mapping[str, Any] | None = None) -> list[Any]:

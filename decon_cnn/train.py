@@ -142,7 +142,8 @@ def stop_reason(trainer: pl.Trainer) -> str | None:
 
     for cb in trainer.callbacks:
         if isinstance(cb, EarlyStopping) and cb.stopping_reason_message:
-            unit = "epochs" if trainer.check_val_every_n_epoch == 1 else "validations"
+            unit = "epoch" if trainer.check_val_every_n_epoch == 1 else "validation"
+            unit += "" if cb.wait_count == 1 else "s"
             best = float(cb.best_score)
             if cb.stopping_reason.name == "PATIENCE_EXHAUSTED":
                 return (f"early stopping at epoch {cb.stopped_epoch}: {cb.monitor} did not improve for "

@@ -49,6 +49,15 @@ def test_early_stopping_user_callback_and_csv_logger_from_config(tmp_path, capfd
     assert "stopped: early stopping at epoch 1" in capfd.readouterr().out
 
 
+@pytest.mark.parametrize("name", ["tensorboard", "wandb"])
+def test_optional_lightning_loggers_write_into_the_run_directory(tmp_path, name, monkeypatch):
+    pytest.importorskip(name)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_job("quickstart", f"loggers={name}", "trainer.max_epochs=1", "data.synthetic.num_train=128")
+    fit(cfg, output_dir=tmp_path)
+    assert any(p.is_file() for p in tmp_path.rglob("*")), "the logger wrote nothing into the run directory"
+
+
 def test_validation_values_only_on_epochs_that_validated_and_step_lr(tmp_path):
     logger = MemoryLogger()
     cfg = compose_job("quickstart", "trainer.max_epochs=4", "+trainer.check_val_every_n_epoch=2", "lr_scheduler=step",
@@ -126,15 +135,42 @@ def test_nan_loss_stops_the_run_with_the_reason(tmp_path):
 
 
 def test_bad_initial_loss_and_stuck_at_chance_are_flagged():
-    """lr=0 never learns: accuracy stays at chance. The model's last layer scaled up by a
-    user-defined init makes the first loss far above ln(10)."""
+    """Logits scaled up 300x make the first loss far above ln(10); lr=0 never learns, so
+    validation accuracy stays at chance."""
     logger = MemoryLogger()
     out, _ = fit(compose_job("quickstart", "optimizer.lr=0", "trainer.max_epochs=2", "sanity.chance_after_epochs=2",
                              "data.synthetic.num_train=128", f"model._target_={USER}.TinyNet", "~model.width",
-                             "+model.hidden=64", "sanity.initial_loss_tolerance=0.01"), logger=logger)
+                             "+model.logit_scale=300"), logger=logger)
     assert out.flags == ["bad_initial_loss", "stuck_at_chance"], out.flags
     checks = [d["check"] for e, d in logger.events if e == "sanity_warning"]
     assert checks == out.flags
+
+
+class FakeTrainer:
+    is_global_zero, global_step, accumulate_grad_batches, optimizers = True, 0, 1, []
+
+    def __init__(self):
+        self.current_epoch, self.callback_metrics = 0, {}
+
+
+@pytest.mark.parametrize(("losses", "flagged"), [
+    ([2.3, 1.2, 0.9, 2.5], True),      # back above 2x the best epoch, and above ln(10)/2
+    ([2.3, 0.02, 0.01, 0.03], False),  # tripled, but at a loss no one would call diverging
+    ([2.3, 2.0, 1.9, 1.95], False),
+])
+def test_diverging_loss_is_flagged_per_epoch(losses, flagged, capsys):
+    import torch
+
+    from decon_cnn.callbacks import SanityChecks
+
+    logger, trainer = MemoryLogger(), FakeTrainer()
+    checks = SanityChecks(logger, num_classes=10)
+    for epoch, loss in enumerate(losses):
+        trainer.current_epoch, trainer.callback_metrics = epoch, {"train/loss": torch.tensor(loss)}
+        checks.on_train_epoch_end(trainer, None)
+    assert checks.flags == (["diverging"] if flagged else [])
+    assert [d["epoch"] for _, d in logger.events] == ([3] if flagged else [])
+    assert ("sanity warning (diverging)" in capsys.readouterr().out) == flagged
 
 
 @pytest.mark.parametrize(("overrides", "error", "message"), [

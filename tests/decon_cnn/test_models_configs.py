@@ -101,7 +101,9 @@ def test_decon_cnn_imports_without_dr_exp(tmp_path):
         "        if name == 'dr_exp' or name.startswith('dr_exp.'):\n"
         "            raise ImportError('dr_exp is blocked')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import decon_cnn, decon_cnn.train, decon_cnn.callbacks, decon_cnn.factory, decon_cnn.models, decon_cnn.data\n"
+        # decon_cnn.module first: it used to import factory, which imported it back
+        "import decon_cnn.module, decon_cnn.optim, decon_cnn.factory, decon_cnn.train, decon_cnn.callbacks\n"
+        "import decon_cnn.models, decon_cnn.data, decon_cnn.config_checks, decon_cnn.instantiate\n"
         "assert not any(m.startswith('dr_exp') for m in sys.modules)\n"
         "print('ok')\n"
     )

@@ -15,13 +15,14 @@ from decon_cnn.protocols import StructuredLoggerProtocol
 class TinyNet(nn.Module):
     """A plain nn.Module: decon_cnn wraps it in its classification module."""
 
-    def __init__(self, num_classes: int, in_channels: int = 3, hidden: int = 16) -> None:
+    def __init__(self, num_classes: int, in_channels: int = 3, hidden: int = 16, logit_scale: float = 1.0) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
                                  nn.Flatten(), nn.Linear(4 * hidden, num_classes))
+        self.logit_scale = logit_scale  # > 1: a badly initialised output layer, for the sanity checks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(x) * self.logit_scale
 
 
 class TinyLitModule(pl.LightningModule):
