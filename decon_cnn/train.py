@@ -157,6 +157,37 @@ def stop_reason(trainer: pl.Trainer) -> str | None:
     return None
 
 
+@dataclass
+class _Callbacks:
+    """The callbacks of a run, in order: the epoch line, the metrics logger, sanity checks, the
+    config's callbacks, the caller's, then checkpoints and the pre-emption hook."""
+
+    all: list[pl.Callback]
+    sanity: SanityChecks | None
+    checkpoint: pl.callbacks.ModelCheckpoint | None
+    preemption: PreemptionCallback | None
+
+    @classmethod
+    def build(cls, cfg: Any, run: RunOptions, num_classes: int) -> _Callbacks:
+        extra = dict(run.extra_fields)
+        every_n = int((cfg.get("metrics") or {}).get("every_n_batches", 0))
+        callbacks: list[pl.Callback] = [EpochPrinter(extra)]
+        if run.logger is not None:
+            callbacks.append(DrExpMetricsCallback(run.logger, every_n, extra))
+        sanity = _sanity(cfg, run.logger, num_classes, not (run.resume_from or run.init_weights_from), extra)
+        callbacks += [sanity] if sanity is not None else []
+        callbacks += create_callbacks(cfg, run.logger or NullLogger())
+        callbacks += list(run.callbacks)
+        checkpoint = preemption = None
+        if run.checkpoint_dir is not None:
+            checkpoint = checkpoint_callback(cfg, Path(run.checkpoint_dir))
+            callbacks.append(checkpoint)
+            if run.should_stop is not None:
+                preemption = PreemptionCallback(run.should_stop, str(Path(run.checkpoint_dir) / "last.ckpt"))
+                callbacks.append(preemption)
+        return cls(callbacks, sanity, checkpoint, preemption)
+
+
 def _sanity(cfg: Any, logger: StructuredLoggerProtocol | None, num_classes: int | None, fresh: bool,
             extra: Mapping[str, Any]) -> SanityChecks | None:
     spec = dict(cfg.get("sanity") or {})
@@ -197,25 +228,8 @@ def train(cfg: DictConfig | Mapping[str, Any], run: RunOptions | None = None) ->
     if run.resume_from and not Path(run.resume_from).is_file():
         raise DeconError(f"resume_from={run.resume_from} does not exist; drop it to start from scratch")
     trainer_kwargs = resolve_trainer_kwargs(cfg.get("trainer") or {})
-
-    extra = dict(run.extra_fields)
-    metrics_cfg = cfg.get("metrics") or {}
-    callbacks: list[pl.Callback] = [EpochPrinter(extra)]
-    if run.logger is not None:
-        callbacks.append(DrExpMetricsCallback(run.logger, int(metrics_cfg.get("every_n_batches", 0)), extra))
-    sanity = _sanity(cfg, run.logger, data_shape(datamodule, cfg)[0], not (run.resume_from or run.init_weights_from), extra)
-    if sanity is not None:
-        callbacks.append(sanity)
-    callbacks += create_callbacks(cfg, run.logger or NullLogger())
-    callbacks += list(run.callbacks)
-    checkpoint_cb = preempt_cb = None
-    if run.checkpoint_dir is not None:
-        checkpoint_dir = Path(run.checkpoint_dir)
-        checkpoint_cb = checkpoint_callback(cfg, checkpoint_dir)
-        callbacks.append(checkpoint_cb)
-        if run.should_stop is not None:
-            preempt_cb = PreemptionCallback(run.should_stop, str(checkpoint_dir / "last.ckpt"))
-            callbacks.append(preempt_cb)
+    cbs = _Callbacks.build(cfg, run, data_shape(datamodule, cfg)[0])
+    sanity, checkpoint_cb, preempt_cb, callbacks = cbs.sanity, cbs.checkpoint, cbs.preemption, cbs.all
     output_dir = Path(run.output_dir) if run.output_dir is not None else Path.cwd()
     loggers = create_loggers(cfg, output_dir)
     try:

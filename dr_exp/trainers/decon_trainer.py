@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+
 from dr_exp import preemption
 from dr_exp.logging.structured_logger import StructuredLogger
 from dr_exp.rundir import RunDir
@@ -23,7 +25,7 @@ __dr_exp_preload__ = ["torch", "torchvision", "pytorch_lightning", "decon_cnn.tr
 EXTRA_CALLBACKS: list[Any] = []
 
 
-def run_decon(config: Any, *, job_id: str, worker_id: str, storage_path: str, resume_from: str | None = None,
+def run_decon(config: DictConfig, *, job_id: str, worker_id: str, storage_path: str, resume_from: str | None = None,
               checkpoint_dir: str | Path | None = None, extra_fields: Mapping[str, Any] | None = None,
               init_weights_from: str | None = None, callbacks: Sequence[Any] = ()) -> Any:
     """Train ``config`` with the run directory's logger and checkpoints and the pre-emption hook.
@@ -60,7 +62,7 @@ def result_dict(result: Any, artifacts: dict[str, Any], **metrics: Any) -> dict[
     return out
 
 
-def train_classification(config: Any, *, job_id: str, worker_id: str, storage_path: str,
+def train_classification(config: DictConfig, *, job_id: str, worker_id: str, storage_path: str,
                          resume_from: str | None = None) -> dict[str, Any]:
     result = run_decon(config, job_id=job_id, worker_id=worker_id, storage_path=storage_path, resume_from=resume_from)
     artifacts = {"best_checkpoint": result.best_model_path, "last_checkpoint": result.last_model_path}

@@ -13,13 +13,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+
 from dr_exp.errors import ConfigError
 from dr_exp.fileio import atomic_write
 from dr_exp.rundir import RunDir
 from dr_exp.trainers.decon_trainer import __dr_exp_preload__, run_decon  # noqa: F401 - preload re-exported
 
 
-def _stages(config: Any) -> list[dict[str, Any]]:
+def _stages(config: DictConfig) -> list[dict[str, Any]]:
     from omegaconf import OmegaConf
 
     stages = config.get("stages")
@@ -32,11 +34,12 @@ def _stages(config: Any) -> list[dict[str, Any]]:
     return stages
 
 
-def stage_config(config: Any, stage: dict[str, Any]) -> Any:
+def stage_config(config: DictConfig | dict[str, Any], stage: dict[str, Any]) -> DictConfig:
     """The job's config with the stage's epochs and optimizer/lr_scheduler sections applied."""
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+    # A copy, interpolations such as ${oc.env:...} kept for the node that runs the job.
+    cfg = OmegaConf.create(OmegaConf.to_container(config, resolve=False) if OmegaConf.is_config(config) else config)
     cfg.pop("stages", None)
     cfg.trainer.max_epochs = int(stage["max_epochs"])
     for key in ("optimizer", "lr_scheduler"):
@@ -51,7 +54,7 @@ def stage_config(config: Any, stage: dict[str, Any]) -> Any:
     return cfg
 
 
-def train(config: Any, *, job_id: str, worker_id: str, storage_path: str,
+def train(config: DictConfig, *, job_id: str, worker_id: str, storage_path: str,
           resume_from: str | None = None) -> dict[str, Any]:
     stages = _stages(config)
     run = RunDir(Path(storage_path))
