@@ -65,7 +65,7 @@ class ClassificationModule(pl.LightningModule):
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], split: str, metrics: MetricCollection) -> None:
         x, y = batch
         logits = self(x)
-        self.log(f"{split}/loss", F.cross_entropy(logits, y), on_epoch=True)
+        self.log(f"{split}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)  # mean over ranks
         metrics(logits, y)
         self.log_dict(metrics, on_epoch=True)
 
