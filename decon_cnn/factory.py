@@ -1,106 +1,101 @@
-"""Build models, optimizers, schedulers and data modules from a composed config."""
+"""Build the pieces of a run from a whole composed config, by ``_target_``.
+
+- :func:`create_data_module` — ``data`` (``transforms`` and ``seed`` offered);
+- :func:`create_model` — ``model``: a LightningModule is used as it is; a plain ``nn.Module`` is
+  wrapped in :class:`~decon_cnn.module.ClassificationModule` with ``optimizer`` and
+  ``lr_scheduler``. ``num_classes`` and ``in_channels`` come from the data module;
+- :func:`create_callbacks`, :func:`create_loggers` — the ``callbacks`` and ``loggers`` sections
+  (a dict of named ``_target_`` configs, or a list);
+- :func:`create_optimizer`, :func:`create_lr_scheduler` — from :mod:`decon_cnn.optim`.
+
+"Offered" arguments are passed to a target only when it declares them by name and the config
+leaves them out (see :mod:`decon_cnn.instantiate`).
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-import torch
-from omegaconf import DictConfig, OmegaConf
+import pytorch_lightning as pl
+from omegaconf import OmegaConf
 from torch import nn
 
-from decon_cnn.errors import DeconError
+from decon_cnn.data import create_data_module
+from decon_cnn.errors import BadTarget, DeconError
+from decon_cnn.instantiate import build, build_all, resolved
+from decon_cnn.module import ClassificationModule
+from decon_cnn.optim import create_lr_scheduler, create_optimizer, partial_from
+from decon_cnn.protocols import StructuredLoggerProtocol
 
 
-def _plain(cfg: Any) -> dict[str, Any]:
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    return dict(cfg or {})
+def data_shape(datamodule: Any, cfg: Any) -> tuple[int, int]:
+    """``(num_classes, in_channels)``: the data module's attributes, else ``model.*``."""
+    model_cfg = cfg.get("model") or {}
+    num_classes = getattr(datamodule, "num_classes", None) or model_cfg.get("num_classes")
+    if not num_classes:
+        raise DeconError(f"cannot tell the number of classes: {type(datamodule).__name__} has no num_classes "
+                         "attribute; give it one, or set model.num_classes")
+    in_channels = getattr(datamodule, "in_channels", None) or model_cfg.get("in_channels") or 3
+    return int(num_classes), int(in_channels)
 
 
-def create_model(model_cfg: Any, num_classes: int, in_channels: int = 3) -> nn.Module:
-    from decon_cnn.models import build_model
-
-    kwargs = _plain(model_cfg)
-    name = kwargs.pop("name", None)
-    if not name:
-        raise DeconError("model config has no `name`; use model=small_cnn, resnet18_cifar or resnet50_cifar")
-    return build_model(name, num_classes=num_classes, in_channels=in_channels, **kwargs)
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weights only: biases and normalisation parameters (1-d) are exempt."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def create_optimizer(model: nn.Module, opt_cfg: Any) -> torch.optim.Optimizer:
-    cfg = _plain(opt_cfg)
-    name = cfg.pop("name", "sgd")
-    lr = float(cfg.pop("lr"))
-    wd = float(cfg.pop("weight_decay", 0.0))
-    groups = param_groups(model, wd)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=float(cfg.get("momentum", 0.9)),
-                               nesterov=bool(cfg.get("nesterov", False)))
-    if name in ("adam", "adamw"):
-        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-        return cls(groups, lr=lr, betas=tuple(cfg.get("betas", (0.9, 0.999))))
-    raise DeconError(f"unknown optimizer {name!r}; use optimizer=sgd, adam or adamw")
+def create_model(config: Any, datamodule: Any = None) -> pl.LightningModule:
+    """The LightningModule for ``config`` (the whole composed config). Without ``datamodule``
+    one is created from ``config.data`` to learn the number of classes (nothing is loaded)."""
+    cfg = resolved(config)
+    if datamodule is None:
+        datamodule = create_data_module(cfg)
+    num_classes, in_channels = data_shape(datamodule, cfg)
+    # Callables, as lightning-hydra-template modules expect them: optimizer(params=...),
+    # lr_scheduler(optimizer=...). A LightningModule that declares them gets them.
+    optimizer = partial_from(cfg.get("optimizer") or None, "optimizer")
+    lr_scheduler = partial_from(cfg.get("lr_scheduler") or None, "lr_scheduler")
+    offered = {"num_classes": num_classes, "in_channels": in_channels, "optimizer": optimizer,
+               "lr_scheduler": lr_scheduler}
+    if cfg.get("model") is None:
+        raise DeconError("config has no model section; choose one, e.g. model=resnet18_cifar")
+    model = build(cfg.model, "model", offered)
+    if isinstance(model, pl.LightningModule):
+        return model
+    if not isinstance(model, nn.Module):
+        raise BadTarget(f"model: _target_ {cfg.model._target_} gave a {type(model).__name__}, not an nn.Module "
+                        "or LightningModule")
+    metrics = cfg.get("metrics") or {}
+    return ClassificationModule(model, num_classes, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                                channels_last=bool(cfg.get("channels_last", False)),
+                                top_k=int(metrics.get("top_k", 5)), compile=bool(cfg.get("compile", False)))
 
 
-def create_lr_scheduler(optimizer: torch.optim.Optimizer, sched_cfg: Any, max_epochs: int) -> Any:
-    """Epoch-based schedulers: ``step``, ``cosine`` (with linear warmup), ``none``."""
-    cfg = _plain(sched_cfg)
-    name = cfg.get("name", "none")
-    if name == "none":
-        return None
-    if name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(cfg.get("step_size", 30)),
-                                               gamma=float(cfg.get("gamma", 0.1)))
-    if name == "cosine":
-        warmup = int(cfg.get("warmup_epochs", 0))
-        if warmup >= max_epochs:
-            raise DeconError(f"lr_scheduler.warmup_epochs={warmup} must be below trainer.max_epochs={max_epochs}")
-        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, max_epochs - warmup),
-                                                            eta_min=float(cfg.get("min_lr", 0.0)))
-        if warmup == 0:
-            return cosine
-        linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=float(cfg.get("warmup_start_factor", 0.1)),
-                                                   total_iters=warmup)
-        return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
-    raise DeconError(f"unknown lr_scheduler {name!r}; use lr_scheduler=cosine, step or none")
+def create_callbacks(config: Any, logger: StructuredLoggerProtocol | None = None) -> list[pl.Callback]:
+    """``config.callbacks``; ``logger`` (the run's StructuredLoggerProtocol) is offered."""
+    cfg = resolved(config)
+    callbacks = build_all(cfg.get("callbacks"), "callbacks", {"logger": logger})
+    for name, cb in zip(_names(cfg.get("callbacks"), "callbacks"), callbacks, strict=True):
+        if not isinstance(cb, pl.Callback):
+            raise BadTarget(f"{name}: _target_ gave a {type(cb).__name__}, not a Lightning Callback")
+    return callbacks
 
 
-def create_data_module(cfg: DictConfig) -> Any:
-    from decon_cnn.data import CIFARDataModule, SyntheticDataModule, build_transforms
+def create_loggers(config: Any, save_dir: str | os.PathLike[str]) -> list[Any]:
+    """``config.loggers`` (Lightning loggers), writing under ``save_dir`` (offered)."""
+    from pytorch_lightning.loggers import Logger
 
-    data = cfg.data
-    dataset = data.dataset
-    tf = cfg.get("transforms") or {}
-    if dataset == "synthetic":
-        s = data.synthetic
-        return SyntheticDataModule(num_train=s.num_train, num_val=s.num_val, num_classes=s.num_classes,
-                                   image_size=s.image_size, channels=s.channels, noise=s.noise, seed=cfg.seed,
-                                   batch_size=data.batch_size, num_workers=data.num_workers,
-                                   train_transform=build_transforms(tf, True, s.image_size, from_pil=False),
-                                   val_transform=build_transforms(tf, False, s.image_size, from_pil=False))
-    if dataset in ("cifar10", "cifar100"):
-        return CIFARDataModule(dataset, cfg.paths.data_dir, batch_size=data.batch_size,
-                               num_workers=data.num_workers, download=bool(data.get("download", False)), seed=cfg.seed,
-                               train_transform=build_transforms(tf, True, 32, from_pil=True),
-                               val_transform=build_transforms(tf, False, 32, from_pil=True))
-    raise DeconError(f"unknown data.dataset {dataset!r}; use cifar10, cifar100 or synthetic")
+    cfg = resolved(config)
+    loggers = build_all(cfg.get("loggers"), "loggers", {"save_dir": str(save_dir)})
+    for name, lg in zip(_names(cfg.get("loggers"), "loggers"), loggers, strict=True):
+        if not isinstance(lg, Logger):
+            raise BadTarget(f"{name}: _target_ gave a {type(lg).__name__}, not a Lightning logger")
+    return loggers
 
 
-def create_training_components(cfg: DictConfig) -> tuple[Any, Any]:
-    """The LightningModule and the data module for ``cfg``."""
-    from decon_cnn.module import ClassificationModule
+def _names(section: Any, where: str) -> list[str]:
+    if section is None:
+        return []
+    if OmegaConf.is_list(section):
+        return [f"{where}[{i}]" for i, node in enumerate(section) if node is not None]
+    return [f"{where}.{k}" for k, node in section.items() if node is not None]
 
-    datamodule = create_data_module(cfg)
-    model = create_model(cfg.model, datamodule.num_classes, datamodule.in_channels)
-    module = ClassificationModule(model, datamodule.num_classes, _plain(cfg.optimizer), _plain(cfg.lr_scheduler),
-                                  int(cfg.trainer.max_epochs), channels_last=bool(cfg.get("channels_last", False)))
-    return module, datamodule
+
+__all__ = ["create_callbacks", "create_data_module", "create_loggers", "create_lr_scheduler", "create_model",
+           "create_optimizer", "data_shape"]

@@ -1,27 +1,88 @@
-"""``train(cfg)``: fit a classifier from a composed config; ``python -m decon_cnn.train`` runs it
-with Hydra on ``configs/``.
+"""``train(cfg, run)``: fit a classifier from a composed config; ``python -m decon_cnn.train``
+runs it with Hydra on ``configs/``.
+
+``train`` only instantiates and fits: the data module, model, callbacks and loggers come from
+``_target_`` configs (:mod:`decon_cnn.factory`); what the caller adds (a metrics logger, where
+checkpoints go, a stop request, a checkpoint to resume from) comes in one :class:`RunOptions`.
+It returns a :class:`TrainResult` (plain values) and, separately, the objects it built.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.model_helpers import is_overridden
 
-from decon_cnn.callbacks import DrExpMetricsCallback, PreemptionCallback, TrainingPreempted
+from decon_cnn.callbacks import DrExpMetricsCallback, EpochPrinter, PreemptionCallback, SanityChecks, TrainingPreempted
 from decon_cnn.errors import DeconError
-from decon_cnn.factory import create_training_components
-from decon_cnn.protocols import StructuredLoggerProtocol
+from decon_cnn.factory import create_callbacks, create_data_module, create_loggers, create_model, data_shape
+from decon_cnn.instantiate import resolved
+from decon_cnn.protocols import NullLogger, StructuredLoggerProtocol
 
 log = logging.getLogger(__name__)
+
+# Keys of `trainer:` that train() sets itself.
+_OWN_TRAINER_KEYS = {"callbacks": "callbacks", "logger": "loggers", "enable_checkpointing": "checkpoint",
+                     "default_root_dir": "the run directory"}
+
+
+@dataclass
+class RunOptions:
+    """What a caller adds to a config (dr_exp's bridge: the run directory's logger and
+    checkpoint folder, its pre-emption flag, the checkpoint to resume from).
+
+    Attributes:
+        logger: receives metrics rows and events (``DrExpMetricsCallback``), sanity warnings,
+            and is offered to config callbacks that declare a ``logger`` parameter.
+        output_dir: where Lightning loggers from ``loggers:`` write (default: the working directory).
+        checkpoint_dir: ``best.ckpt`` / ``last.ckpt`` go here; no checkpoints without it.
+        resume_from: a full checkpoint to continue from (same epoch, step and data order).
+        init_weights_from: a checkpoint to take only the model weights from (e.g. the last stage).
+        should_stop: polled after every batch and epoch; when true, save ``last.ckpt`` and stop
+            with ``preempted`` in the result.
+        callbacks: more Lightning callbacks (after those of the config).
+        extra_fields: added to every metrics row and event (e.g. ``{"stage": "warmup"}``).
+    """
+
+    logger: StructuredLoggerProtocol | None = None
+    output_dir: str | os.PathLike[str] | None = None
+    checkpoint_dir: str | os.PathLike[str] | None = None
+    resume_from: str | None = None
+    init_weights_from: str | None = None
+    should_stop: Callable[[], bool] | None = None
+    callbacks: Sequence[pl.Callback] = ()
+    extra_fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """Plain values only (JSON-ready): final metrics (``train/*``, ``val/*``, ``test/*``), how far
+    training got, the checkpoints, why it stopped before ``max_epochs`` (``stop_reason``) and the
+    sanity checks' ``flags``."""
+
+    metrics: dict[str, float]
+    epochs: int
+    global_step: int
+    preempted: bool = False
+    best_model_path: str | None = None
+    last_model_path: str | None = None
+    stop_reason: str | None = None
+    flags: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def _warn(message: str) -> None:
@@ -31,7 +92,13 @@ def _warn(message: str) -> None:
 
 def resolve_trainer_kwargs(trainer_cfg: Any) -> dict[str, Any]:
     """``trainer.*`` as pl.Trainer kwargs, with the fallbacks a user expects on this machine."""
-    kw = OmegaConf.to_container(trainer_cfg, resolve=True) if isinstance(trainer_cfg, DictConfig) else dict(trainer_cfg)
+    kw = OmegaConf.to_container(trainer_cfg, resolve=True) if OmegaConf.is_config(trainer_cfg) else dict(trainer_cfg)
+    allowed = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
+    for key in kw:
+        if key in _OWN_TRAINER_KEYS:
+            raise DeconError(f"trainer.{key} is set by decon_cnn; configure it under `{_OWN_TRAINER_KEYS[key]}:` instead")
+        if key not in allowed:
+            raise DeconError(f"trainer.{key} is not a pytorch_lightning.Trainer argument; remove it or fix the spelling")
     cuda = torch.cuda.is_available()
     accelerator = str(kw.get("accelerator", "auto"))
     if accelerator in ("gpu", "cuda") and not cuda:
@@ -47,80 +114,178 @@ def resolve_trainer_kwargs(trainer_cfg: Any) -> dict[str, Any]:
         kw["precision"] = "16-mixed"
     strategy = str(kw.get("strategy", "auto"))
     devices = kw.get("devices", 1)
-    n_devices = len(devices) if isinstance(devices, (list, tuple)) else (devices if isinstance(devices, int) else None)
+    n_devices = len(devices) if isinstance(devices, list | tuple) else (devices if isinstance(devices, int) else None)
     if strategy.startswith("ddp") and (n_devices == 1 or (not on_gpu and n_devices in (None, 1))):
         _warn(f"trainer.strategy={strategy} with one device; falling back to strategy=auto")
         kw["strategy"] = "auto"
     return kw
 
 
-def train(cfg: DictConfig | dict[str, Any], logger: StructuredLoggerProtocol | None = None,
-          checkpoint_dir: str | os.PathLike[str] | None = None, resume_from: str | None = None,
-          should_stop: Callable[[], bool] | None = None, callbacks: Sequence[pl.Callback] = (),
-          extra_fields: dict[str, Any] | None = None, init_weights_from: str | None = None) -> dict[str, Any]:
-    """Fit the model described by ``cfg``. Returns final metrics and checkpoint paths.
-
-    ``should_stop`` is polled after every batch and epoch (the pre-emption hook): when it returns
-    True a checkpoint is saved to ``checkpoint_dir/last.ckpt`` and training stops with
-    ``preempted: True`` in the result. ``resume_from`` continues a run from a full checkpoint;
-    ``init_weights_from`` only loads model weights (e.g. from a previous stage).
-    """
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(cfg)
-    pl.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
-    module, datamodule = create_training_components(cfg)
-    if init_weights_from:
-        state = torch.load(init_weights_from, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state)
-    trainer_kwargs = resolve_trainer_kwargs(cfg.trainer)
-
-    cbs: list[pl.Callback] = []
-    if logger is not None:
-        cbs.append(DrExpMetricsCallback(logger, int(cfg.get("callback", {}).get("every_n_batches", 0)), extra_fields))
-    cbs.extend(callbacks)
-    checkpoint_cb = preempt_cb = None
-    if checkpoint_dir is not None:
-        checkpoint_dir = Path(checkpoint_dir)
-        checkpoint_cb = pl.callbacks.ModelCheckpoint(dirpath=str(checkpoint_dir), filename="best", monitor="val/acc",
-                                                     mode="max", save_top_k=1, save_last=True,
-                                                     enable_version_counter=False, auto_insert_metric_name=False)
-        cbs.append(checkpoint_cb)
-        if should_stop is not None:
-            preempt_cb = PreemptionCallback(should_stop, str(checkpoint_dir / "last.ckpt"))
-            cbs.append(preempt_cb)
-    trainer = pl.Trainer(callbacks=cbs, logger=False, enable_checkpointing=checkpoint_cb is not None,
-                         default_root_dir=str(checkpoint_dir or Path.cwd()), **trainer_kwargs)
-    if resume_from and not Path(resume_from).is_file():
-        raise DeconError(f"resume_from={resume_from} does not exist; drop it to start from scratch")
+def checkpoint_callback(cfg: Any, dirpath: Path) -> pl.callbacks.ModelCheckpoint:
+    """``best.ckpt`` by ``checkpoint.monitor``/``mode`` (top-k when ``save_top_k`` > 1) and ``last.ckpt``."""
+    ck = cfg.get("checkpoint") or {}
+    monitor = ck.get("monitor", "val/acc")
+    top_k = int(ck.get("save_top_k", 1)) if monitor else 0
+    filename = ck.get("filename") or ("best" if top_k == 1 else "best-epoch{epoch:03d}")
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from or None)
+        return pl.callbacks.ModelCheckpoint(
+            dirpath=str(dirpath), filename=filename, monitor=monitor, mode=str(ck.get("mode", "max")),
+            save_top_k=top_k, save_last=bool(ck.get("save_last", True)), every_n_epochs=ck.get("every_n_epochs", 1),
+            enable_version_counter=False, auto_insert_metric_name=False)
+    except MisconfigurationException as exc:
+        raise DeconError(f"checkpoint: {' '.join(str(exc).split())}") from None
+
+
+def stop_reason(trainer: pl.Trainer) -> str | None:
+    """Why ``trainer`` stopped before ``max_epochs``, in words (None if it did not)."""
+    from pytorch_lightning.callbacks import EarlyStopping, Timer
+
+    for cb in trainer.callbacks:
+        if isinstance(cb, EarlyStopping) and cb.stopping_reason_message:
+            unit = "epoch" if trainer.check_val_every_n_epoch == 1 else "validation"
+            unit += "" if cb.wait_count == 1 else "s"
+            best = float(cb.best_score)
+            if cb.stopping_reason.name == "PATIENCE_EXHAUSTED":
+                return (f"early stopping at epoch {cb.stopped_epoch}: {cb.monitor} did not improve for "
+                        f"{cb.wait_count} {unit} (best {best:.4g})")
+            message = cb.stopping_reason_message.replace(" Signaling Trainer to stop.", "")
+            return f"early stopping at epoch {cb.stopped_epoch}: {message}"
+        if isinstance(cb, Timer) and cb.time_remaining() is not None and cb.time_remaining() <= 0:
+            return f"time limit trainer.max_time reached at epoch {trainer.current_epoch}"
+    if trainer.max_epochs and 0 <= trainer.current_epoch < trainer.max_epochs and trainer.should_stop:
+        return f"stopped at epoch {trainer.current_epoch} by a callback (trainer.should_stop)"
+    return None
+
+
+@dataclass
+class _Callbacks:
+    """The callbacks of a run, in order: the epoch line, the metrics logger, sanity checks, the
+    config's callbacks, the caller's, then checkpoints and the pre-emption hook."""
+
+    all: list[pl.Callback]
+    sanity: SanityChecks | None
+    checkpoint: pl.callbacks.ModelCheckpoint | None
+    preemption: PreemptionCallback | None
+
+    @classmethod
+    def build(cls, cfg: Any, run: RunOptions, num_classes: int) -> _Callbacks:
+        extra = dict(run.extra_fields)
+        every_n = int((cfg.get("metrics") or {}).get("every_n_batches", 0))
+        callbacks: list[pl.Callback] = [EpochPrinter(extra)]
+        if run.logger is not None:
+            callbacks.append(DrExpMetricsCallback(run.logger, every_n, extra))
+        sanity = _sanity(cfg, run.logger, num_classes, not (run.resume_from or run.init_weights_from), extra)
+        callbacks += [sanity] if sanity is not None else []
+        callbacks += create_callbacks(cfg, run.logger or NullLogger())
+        callbacks += list(run.callbacks)
+        checkpoint = preemption = None
+        if run.checkpoint_dir is not None:
+            checkpoint = checkpoint_callback(cfg, Path(run.checkpoint_dir))
+            callbacks.append(checkpoint)
+            if run.should_stop is not None:
+                preemption = PreemptionCallback(run.should_stop, str(Path(run.checkpoint_dir) / "last.ckpt"))
+                callbacks.append(preemption)
+        return cls(callbacks, sanity, checkpoint, preemption)
+
+
+def _sanity(cfg: Any, logger: StructuredLoggerProtocol | None, num_classes: int | None, fresh: bool,
+            extra: Mapping[str, Any]) -> SanityChecks | None:
+    spec = dict(cfg.get("sanity") or {})
+    if not spec.pop("enabled", True):
+        return None
+    spec["initial_loss"] = bool(spec.get("initial_loss", True)) and fresh
+    try:
+        return SanityChecks(logger, num_classes, extra=extra, **spec)
+    except (TypeError, ValueError) as exc:
+        raise DeconError(f"sanity: {' '.join(str(exc).split())}") from None
+
+
+def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            out[key] = float(value)
+    return out
+
+
+def train(cfg: DictConfig | Mapping[str, Any], run: RunOptions | None = None) -> tuple[TrainResult, dict[str, Any]]:
+    """Fit the model ``cfg`` describes. Returns the result and the objects built
+    (``module``, ``datamodule``, ``trainer``).
+
+    After fitting, the test split (if the data has one and ``test`` is true) is evaluated with
+    the best checkpoint. A NaN loss raises :class:`~decon_cnn.errors.TrainingDiverged`
+    (unless ``sanity.stop_on_nan`` is false); configuration and data problems raise
+    :class:`~decon_cnn.errors.DeconError` with a one-line message.
+    """
+    run = run or RunOptions()
+    cfg = resolved(cfg)
+    pl.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
+    datamodule = create_data_module(cfg)
+    module = create_model(cfg, datamodule)
+    if run.init_weights_from:
+        state = torch.load(run.init_weights_from, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+    if run.resume_from and not Path(run.resume_from).is_file():
+        raise DeconError(f"resume_from={run.resume_from} does not exist; drop it to start from scratch")
+    trainer_kwargs = resolve_trainer_kwargs(cfg.get("trainer") or {})
+    cbs = _Callbacks.build(cfg, run, data_shape(datamodule, cfg)[0])
+    sanity, checkpoint_cb, preempt_cb, callbacks = cbs.sanity, cbs.checkpoint, cbs.preemption, cbs.all
+    output_dir = Path(run.output_dir) if run.output_dir is not None else Path.cwd()
+    loggers = create_loggers(cfg, output_dir)
+    try:
+        trainer = pl.Trainer(callbacks=callbacks, logger=loggers or False, enable_checkpointing=checkpoint_cb is not None,
+                             default_root_dir=str(output_dir), **trainer_kwargs)
+    except (MisconfigurationException, TypeError, ValueError) as exc:
+        raise DeconError(f"trainer: {' '.join(str(exc).split())}") from None
+
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=run.resume_from or None)
     except TrainingPreempted:
         pass  # the checkpoint is saved; the caller hands the run back
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
-    return {
-        "metrics": metrics,
-        "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step,
-        "preempted": bool(preempt_cb and preempt_cb.preempted),
-        "best_model_path": checkpoint_cb.best_model_path if checkpoint_cb else None,
-        "last_model_path": str(checkpoint_dir / "last.ckpt") if checkpoint_dir else None,
-        "module": module,
-    }
+    except MisconfigurationException as exc:
+        raise DeconError(" ".join(str(exc).split())) from exc
+    preempted = bool(preempt_cb and preempt_cb.preempted)
+    reason = None if preempted else stop_reason(trainer)
+    if reason and trainer.is_global_zero:
+        print(f"stopped: {reason}", flush=True)
+    metrics = _scalars(trainer.callback_metrics)
+
+    best = checkpoint_cb.best_model_path if checkpoint_cb else None
+    if not preempted and cfg.get("test", True) and _has_test(datamodule, module):
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        metrics.update({k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith("test/")})
+
+    result = TrainResult(
+        metrics=metrics, epochs=trainer.current_epoch, global_step=trainer.global_step, preempted=preempted,
+        best_model_path=best or None,
+        last_model_path=str(Path(run.checkpoint_dir) / "last.ckpt") if run.checkpoint_dir is not None else None,
+        stop_reason=reason, flags=list(sanity.flags) if sanity else [])
+    return result, {"module": module, "datamodule": datamodule, "trainer": trainer}
+
+
+def _has_test(datamodule: Any, module: pl.LightningModule) -> bool:
+    if not is_overridden("test_step", module, pl.LightningModule):
+        return False
+    if hasattr(datamodule, "has_test"):
+        return bool(datamodule.has_test)
+    return is_overridden("test_dataloader", datamodule, pl.LightningDataModule)
 
 
 def _main() -> None:
     import hydra
+    from hydra.core.hydra_config import HydraConfig
 
     config_dir = str(Path(__file__).resolve().parent.parent / "configs")
 
     @hydra.main(version_base="1.3", config_path=config_dir, config_name="config")
     def run(cfg: DictConfig) -> None:
+        output_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
-            result = train(cfg, checkpoint_dir=Path.cwd() / "checkpoints")
+            result, _ = train(cfg, RunOptions(output_dir=output_dir, checkpoint_dir=output_dir / "checkpoints"))
         except DeconError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
-        for key, value in sorted(result["metrics"].items()):
+        for key, value in sorted(result.metrics.items()):
             print(f"{key}: {value:.4f}")
 
     run()

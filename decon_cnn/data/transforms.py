@@ -1,7 +1,9 @@
-"""Transform pipelines from the ``transforms`` config group."""
+"""Transform pipelines from the ``transforms`` config group (a plain description, not targets:
+the data module knows whether its images arrive as PIL images or as tensors)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torchvision import transforms as T
@@ -14,17 +16,26 @@ _AUGMENTATIONS = {
 }
 
 
-def build_transforms(cfg: Any, train: bool, image_size: int, from_pil: bool) -> T.Compose | None:
-    """Augmentations (train only), then ToTensor (PIL input), then Normalize if configured.
+def build_transforms(cfg: Mapping[str, Any] | None, train: bool, image_size: int | None,
+                     from_pil: bool) -> T.Compose | None:
+    """Resize (if ``resize`` is set), augmentations (train only), ToTensor (PIL input), then
+    Normalize if ``mean``/``std`` are set.
 
     Returns None when there is nothing to do for tensor input, so datasets can skip the
     per-sample call altogether.
     """
+    cfg = cfg or {}
     steps: list[Any] = []
+    resize = cfg.get("resize")
+    if resize:
+        steps += [T.Resize(int(resize)), T.CenterCrop(int(resize))]
+        image_size = int(resize)
     if train:
         for name in cfg.get("train") or []:
             if name not in _AUGMENTATIONS:
-                raise DeconError(f"unknown augmentation {name!r}; choose from {', '.join(_AUGMENTATIONS)}")
+                raise DeconError(f"unknown augmentation {name!r} in transforms.train; choose from {', '.join(_AUGMENTATIONS)}")
+            if image_size is None:
+                raise DeconError(f"augmentation {name!r} needs an image size; set transforms.resize=N")
             steps.append(_AUGMENTATIONS[name](image_size))
     if from_pil:
         steps.append(T.ToTensor())

@@ -1,47 +1,69 @@
-"""Bridge from the dr_exp trainer contract to decon_cnn (imported lazily: dr_exp stays torch-free)."""
+"""Bridge from the dr_exp trainer contract to decon_cnn (imported lazily: dr_exp stays torch-free).
+
+``train_classification(config, *, job_id, worker_id, storage_path, resume_from=None)`` receives
+the composed job config (a DictConfig, without ``_target_``) and returns
+``{"metrics", "artifacts"}`` plus ``stop_reason`` (training ended before ``max_epochs``, and why)
+and ``flags`` (sanity warnings) when there are any.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+
 from dr_exp import preemption
 from dr_exp.logging.structured_logger import StructuredLogger
+from dr_exp.rundir import RunDir
 
 # The worker's fork server imports these once, so each job skips the torch/Lightning imports.
 __dr_exp_preload__ = ["torch", "torchvision", "pytorch_lightning", "decon_cnn.train"]
 
-_RUNTIME = ("_target_", "resume_from", "timeout", "max_attempts")
+# Lightning callbacks added to every decon_cnn run of this process (e.g. by the worker).
+EXTRA_CALLBACKS: list[Any] = []
 
 
-def run_decon(*, job_id: str, worker_id: str, storage_path: str, config: dict[str, Any],
-              resume_from: str | None = None, extra_fields: dict[str, Any] | None = None,
-              init_weights_from: str | None = None, checkpoint_dir: str | None = None) -> dict[str, Any]:
-    """Train with the run directory's logger, checkpoints and the pre-emption hook."""
-    from omegaconf import OmegaConf
+def run_decon(config: DictConfig, *, job_id: str, worker_id: str, storage_path: str, resume_from: str | None = None,
+              checkpoint_dir: str | Path | None = None, extra_fields: Mapping[str, Any] | None = None,
+              init_weights_from: str | None = None, callbacks: Sequence[Any] = ()) -> Any:
+    """Train ``config`` with the run directory's logger and checkpoints and the pre-emption hook.
 
-    from decon_cnn.train import train
+    Returns decon_cnn's ``TrainResult``; raises :class:`dr_exp.preemption.Preempted` after a
+    pre-emption checkpoint, and logs any error to the run directory before re-raising it.
+    """
+    from decon_cnn.train import RunOptions, train
 
+    run = RunDir(Path(storage_path))
     logger = StructuredLogger(storage_path, job_id, worker_id)
-    cfg = OmegaConf.create({k: v for k, v in config.items() if k not in _RUNTIME})
-    ckpt_dir = Path(checkpoint_dir or Path(storage_path) / "checkpoints")
+    options = RunOptions(logger=logger, output_dir=run.root, checkpoint_dir=checkpoint_dir or run.checkpoints,
+                         resume_from=resume_from, init_weights_from=init_weights_from,
+                         should_stop=preemption.requested, callbacks=[*EXTRA_CALLBACKS, *callbacks],
+                         extra_fields=dict(extra_fields or {}))
     try:
-        out = train(cfg, logger=logger, checkpoint_dir=ckpt_dir, resume_from=resume_from,
-                    should_stop=preemption.requested, extra_fields=extra_fields,
-                    init_weights_from=init_weights_from)
+        result, _ = train(config, options)
     except Exception as exc:
         logger.log_error(exc, {"job_id": job_id, **(extra_fields or {})})
         raise
-    if out["preempted"]:
-        logger.log_event("checkpoint", {"path": out["last_model_path"], "epoch": out["epochs"], "reason": "preempted"})
-        raise preemption.Preempted(out["last_model_path"])
+    if result.preempted:
+        logger.log_event("checkpoint", {"path": result.last_model_path, "epoch": result.epochs, "reason": "preempted"})
+        raise preemption.Preempted(result.last_model_path)
+    return result
+
+
+def result_dict(result: Any, artifacts: dict[str, Any], **metrics: Any) -> dict[str, Any]:
+    """The dict dr_exp records: metrics, artifacts, and stop_reason/flags when present."""
+    out: dict[str, Any] = {"metrics": {**result.metrics, "epochs": result.epochs, **metrics}, "artifacts": artifacts}
+    if result.stop_reason:
+        out["stop_reason"] = result.stop_reason
+    if result.flags:
+        out["flags"] = list(result.flags)
     return out
 
 
-def train_classification(*, job_id: str, worker_id: str, storage_path: str, resume_from: str | None = None,
-                         **config: Any) -> dict[str, Any]:
-    out = run_decon(job_id=job_id, worker_id=worker_id, storage_path=storage_path, config=config,
-                    resume_from=resume_from)
-    artifacts = {"best_checkpoint": out["best_model_path"], "last_checkpoint": out["last_model_path"]}
-    return {"metrics": {**out["metrics"], "epochs": out["epochs"]}, "artifacts": artifacts,
-            "best_model_path": out["best_model_path"]}
+def train_classification(config: DictConfig, *, job_id: str, worker_id: str, storage_path: str,
+                         resume_from: str | None = None) -> dict[str, Any]:
+    result = run_decon(config, job_id=job_id, worker_id=worker_id, storage_path=storage_path, resume_from=resume_from)
+    artifacts = {"best_checkpoint": result.best_model_path, "last_checkpoint": result.last_model_path}
+    return result_dict(result, {k: v for k, v in artifacts.items() if v})

@@ -3,19 +3,29 @@ import pytest
 from tests.conftest import EXP_CONFIGS
 
 
-@pytest.fixture
-def quickstart_cfg():
-    """The real quickstart config, composed the way dr_exp composes it."""
+def compose_job(name: str, *overrides: str):
+    """A job config of exp_configs/, composed the way dr_exp composes it, without `_target_`
+    (as the runner hands it to the trainer)."""
     from omegaconf import OmegaConf
 
     from dr_exp.compose import compose_one
 
-    def make(*overrides: str):
-        config = compose_one(EXP_CONFIGS, "quickstart", list(overrides)).config
-        config.pop("_target_")
-        return OmegaConf.create(config)
+    config = compose_one(EXP_CONFIGS, name, list(overrides)).config
+    config.pop("_target_")
+    return OmegaConf.create(config)
 
-    return make
+
+@pytest.fixture
+def quickstart_cfg():
+    """The real quickstart config, composed the way dr_exp composes it."""
+    return lambda *overrides: compose_job("quickstart", *overrides)
+
+
+def fit(cfg, **options):
+    """decon_cnn.train.train with RunOptions(**options): (result, objects)."""
+    from decon_cnn.train import RunOptions, train
+
+    return train(cfg, RunOptions(**options))
 
 
 class MemoryLogger:
@@ -30,3 +40,7 @@ class MemoryLogger:
 
     def log_error(self, error, context=None):
         self.errors.append(error)
+
+    def epochs(self, key=None):
+        rows = [m for m in self.metrics if m["phase"] == "epoch"]
+        return rows if key is None else [r.get(key) for r in rows]

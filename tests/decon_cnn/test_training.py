@@ -1,6 +1,8 @@
 """Training that really trains: accuracy, the CIFAR on-disk path, resume continuity."""
 
+import math
 import pickle
+import re
 import subprocess
 import sys
 
@@ -8,21 +10,39 @@ import numpy as np
 import pytest
 import torch
 
-from decon_cnn.train import train
-from tests.decon_cnn.conftest import MemoryLogger
+from tests.decon_cnn.conftest import MemoryLogger, fit
 
 pytestmark = pytest.mark.timeout(300)
 
+EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)  train loss ([\d.]+) acc ([\d.]+)  val loss ([\d.]+) acc ([\d.]+)  "
+                        r"lr ([\d.e-]+)  (\d+) img/s  ([\d.]+)s$")
 
-def test_quickstart_learns_to_90_percent(quickstart_cfg, tmp_path):
+
+def test_quickstart_learns_to_90_percent(quickstart_cfg, tmp_path, capfd):
     logger = MemoryLogger()
-    out = train(quickstart_cfg("seed=0"), logger=logger, checkpoint_dir=tmp_path / "ckpt")
-    assert out["metrics"]["val/acc"] >= 0.90, out["metrics"]
-    epochs = [m for m in logger.metrics if m["phase"] == "epoch"]
+    out, _ = fit(quickstart_cfg("seed=0"), logger=logger, checkpoint_dir=tmp_path / "ckpt")
+    assert out.metrics["val/acc"] >= 0.90, out.metrics
+    assert out.flags == [] and out.stop_reason is None  # a healthy run raises no sanity flag
+    assert not [e for e, _ in logger.events if e == "sanity_warning"]
+    epochs = logger.epochs()
     assert [m["epoch"] for m in epochs] == [0, 1, 2]
     assert epochs[0]["val/acc"] < epochs[-1]["val/acc"] or epochs[0]["val/acc"] >= 0.9
     assert epochs[-1]["train/loss"] < epochs[0]["train/loss"]
+    assert {"val/f1", "val/acc_top5", "images_per_s", "epoch_time_s"} <= set(epochs[-1])
+    # The lr of a row is the lr the epoch trained with: cosine from 0.05 over 3 epochs.
+    expected = [0.05 * 0.5 * (1 + math.cos(math.pi * e / 3)) for e in range(3)]
+    assert logger.epochs("lr") == pytest.approx(expected)
     assert (tmp_path / "ckpt" / "best.ckpt").is_file() and (tmp_path / "ckpt" / "last.ckpt").is_file()
+    # One human line per epoch on stdout, with the same numbers as the metrics rows.
+    lines = [line for line in capfd.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 3, lines
+    for line, row in zip(lines, epochs, strict=True):
+        m = EPOCH_LINE.match(line)
+        assert m, line
+        assert int(m[1]) == row["epoch"] + 1 and int(m[2]) == 3
+        assert float(m[3]) == pytest.approx(row["train/loss"], abs=1e-4)
+        assert float(m[6]) == pytest.approx(row["val/acc"], abs=1e-4)
+        assert float(m[7]) == pytest.approx(row["lr"], rel=1e-3)
 
 
 def write_cifar10(root, n_train=200, n_test=100):
@@ -53,9 +73,22 @@ def test_trains_one_epoch_from_cifar10_on_disk(quickstart_cfg, tmp_path):
     cfg = quickstart_cfg("data.dataset=cifar10", f"paths.data_dir={tmp_path / 'data'}", "trainer.max_epochs=1",
                          "transforms=cifar10_augmented", "data.batch_size=50")
     logger = MemoryLogger()
-    out = train(cfg, logger=logger)
-    assert out["epochs"] == 1 and out["global_step"] == 4  # 200 images / 50 per batch
-    assert 0.0 <= out["metrics"]["val/acc"] <= 1.0 and np.isfinite(out["metrics"]["train/loss"])
+    out, _ = fit(cfg, logger=logger)
+    assert out.epochs == 1 and out.global_step == 4  # 200 images / 50 per batch
+    assert 0.0 <= out.metrics["val/acc"] <= 1.0 and np.isfinite(out.metrics["train/loss"])
+
+
+def test_python_m_decon_cnn_train_runs_on_configs(tmp_path):
+    """Standalone, without dr_exp: Hydra over configs/, one line per epoch, checkpoints in the
+    Hydra output directory, the final metrics printed."""
+    proc = subprocess.run([sys.executable, "-m", "decon_cnn.train", "model=small_cnn", "data.dataset=synthetic",
+                           "transforms=none", "machine=cpu", "trainer.max_epochs=1", "data.synthetic.num_train=128",
+                           "data.synthetic.num_val=64", "hydra.run.dir=out"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^epoch 1/1  train loss [\d.]+ acc [\d.]+  val loss", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^val/acc: [\d.]+$", proc.stdout, re.M)
+    assert (tmp_path / "out" / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_missing_dataset_is_a_clear_error_exit_2(tmp_path):
@@ -65,6 +98,7 @@ def test_missing_dataset_is_a_clear_error_exit_2(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cifar10 not found: expected") and "cifar-10-batches-py" in last
+    assert "paths.data_dir=" in last and "DECON_DATA_DIR" in last and "data.download=true" in last
     assert "Traceback" not in proc.stderr
 
 
@@ -72,7 +106,8 @@ def test_resume_after_preemption_matches_uninterrupted_run(quickstart_cfg, tmp_p
     import pytorch_lightning as pl
 
     cfg = quickstart_cfg("seed=3", "trainer.max_epochs=4")
-    full = train(cfg, logger=MemoryLogger(), checkpoint_dir=tmp_path / "a")
+    full_logger = MemoryLogger()
+    full, full_objects = fit(cfg, logger=full_logger, checkpoint_dir=tmp_path / "a")
 
     stop = {"flag": False}
 
@@ -82,15 +117,15 @@ def test_resume_after_preemption_matches_uninterrupted_run(quickstart_cfg, tmp_p
                 stop["flag"] = True
 
     logger = MemoryLogger()
-    first = train(cfg, logger=logger, checkpoint_dir=tmp_path / "b", should_stop=lambda: stop["flag"],
-                  callbacks=[StopAfterEpoch()])
-    assert first["preempted"] and first["epochs"] == 2
-    second = train(cfg, logger=logger, checkpoint_dir=tmp_path / "b", resume_from=first["last_model_path"])
-    assert not second["preempted"] and second["epochs"] == full["epochs"] == 4
-    epochs = [m["epoch"] for m in logger.metrics if m["phase"] == "epoch"]
-    assert epochs == [0, 1, 2, 3]
-    a = full["module"].state_dict()
-    b = second["module"].state_dict()
+    first, _ = fit(cfg, logger=logger, checkpoint_dir=tmp_path / "b", should_stop=lambda: stop["flag"],
+                   callbacks=[StopAfterEpoch()])
+    assert first.preempted and first.epochs == 2 and first.stop_reason is None
+    second, objects = fit(cfg, logger=logger, checkpoint_dir=tmp_path / "b", resume_from=first.last_model_path)
+    assert not second.preempted and second.epochs == full.epochs == 4
+    assert logger.epochs("epoch") == [0, 1, 2, 3]
+    assert logger.epochs("lr") == pytest.approx(full_logger.epochs("lr"))  # the schedule resumes where it was
+    a = full_objects["module"].state_dict()
+    b = objects["module"].state_dict()
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
 
@@ -99,33 +134,33 @@ def test_multi_stage_continues_from_previous_stage_and_resumes_mid_stage(tmp_pat
     import json
 
     from dr_exp import preemption
-    from dr_exp.compose import compose_one
     from dr_exp.trainers.multi_stage_trainer import train as multi
-    from tests.conftest import EXP_CONFIGS
+    from tests.decon_cnn.conftest import compose_job
 
-    config = compose_one(EXP_CONFIGS, "multi_stage").config
-    config.pop("_target_")
+    config = compose_job("multi_stage")
     run = tmp_path / "run"
     # Pre-empt during the second stage: the request arrives once stage one is recorded.
     import dr_exp.trainers.multi_stage_trainer as ms
 
     real = ms.run_decon
 
-    def run_and_request(**kw):
+    def run_and_request(config, **kw):
         if kw["extra_fields"]["stage"] == "finetune":
+            assert config.optimizer._target_ == "torch.optim.Adam" and "momentum" not in config.optimizer
             preemption.request()
-        return real(**kw)
+        return real(config, **kw)
 
     monkeypatch.setattr(ms, "run_decon", run_and_request)
     try:
         with pytest.raises(preemption.Preempted) as info:
-            multi(job_id="j", worker_id="w", storage_path=str(run), **config)
+            multi(config, job_id="j", worker_id="w", storage_path=str(run))
     finally:
         preemption.reset()
     monkeypatch.setattr(ms, "run_decon", real)
     assert "stage1_finetune" in info.value.resume_from
-    out = multi(job_id="j", worker_id="w", storage_path=str(run), resume_from=info.value.resume_from, **config)
+    out = multi(config, job_id="j", worker_id="w", storage_path=str(run), resume_from=info.value.resume_from)
     assert out["metrics"]["stage"] == "finetune" and out["metrics"]["val/acc"] >= 0.9
+    assert set(out["artifacts"]) == {"warmup", "finetune"} and "flags" not in out
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in rows if r["phase"] == "epoch"]
     assert [(r["stage"], r["epoch"]) for r in epochs] == [("warmup", 0), ("warmup", 1), ("finetune", 0)]
@@ -143,7 +178,8 @@ def test_mid_epoch_preemption_resumes_exactly(quickstart_cfg, tmp_path):
     import pytorch_lightning as pl
 
     cfg = quickstart_cfg("seed=5", "trainer.max_epochs=3")
-    full = train(cfg, logger=MemoryLogger(), checkpoint_dir=tmp_path / "a")
+    full_logger = MemoryLogger()
+    full, full_objects = fit(cfg, logger=full_logger, checkpoint_dir=tmp_path / "a")
     stop = {"flag": False}
 
     class StopMidEpoch(pl.Callback):
@@ -152,12 +188,15 @@ def test_mid_epoch_preemption_resumes_exactly(quickstart_cfg, tmp_path):
                 stop["flag"] = True
 
     logger = MemoryLogger()
-    first = train(cfg, logger=logger, checkpoint_dir=tmp_path / "b", should_stop=lambda: stop["flag"],
-                  callbacks=[StopMidEpoch()])
-    assert first["preempted"] and first["global_step"] == 16 + 7
-    second = train(cfg, logger=logger, checkpoint_dir=tmp_path / "b", resume_from=first["last_model_path"])
-    assert second["global_step"] == full["global_step"] == 48
-    assert [m["epoch"] for m in logger.metrics if m["phase"] == "epoch"] == [0, 1, 2]
-    a, b = full["module"].state_dict(), second["module"].state_dict()
+    first, _ = fit(cfg, logger=logger, checkpoint_dir=tmp_path / "b", should_stop=lambda: stop["flag"],
+                   callbacks=[StopMidEpoch()])
+    assert first.preempted and first.global_step == 16 + 7
+    second, objects = fit(cfg, logger=logger, checkpoint_dir=tmp_path / "b", resume_from=first.last_model_path)
+    assert second.global_step == full.global_step == 48
+    assert logger.epochs("epoch") == [0, 1, 2]
+    # The resumed epoch's row has the epoch's lr and a throughput of its own batches.
+    assert logger.epochs("lr") == pytest.approx(full_logger.epochs("lr"))
+    assert all(0 < r["epoch_time_s"] < 600 and r["images_per_s"] > 0 for r in logger.epochs())
+    a, b = full_objects["module"].state_dict(), objects["module"].state_dict()
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
