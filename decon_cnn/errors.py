@@ -3,7 +3,13 @@ and its message (one line) says what is wrong and what to do next."""
 
 
 class DeconError(Exception):
-    """A configuration or data problem the user can fix; the message says how."""
+    """A configuration or data problem the user can fix; the message says how.
+
+    Such a run fails the same way however often it is tried, so ``retryable`` is False: a job
+    manager that looks at it (dr_exp does) fails the job at once instead of retrying it.
+    """
+
+    retryable = False
 
 
 class DatasetNotFound(DeconError, FileNotFoundError):

@@ -141,7 +141,7 @@ class Experiment:
         """Queue already-composed configs (plain dicts with ``_target_``), e.g. built in Python."""
         queueing = self._queueing(priority, tags, max_attempts, timeout, max_worker_losses)
         composed = []
-        checked: dict[str, Any] = {}
+        checked: dict[Any, Any] = {}
         for i, config in enumerate(configs):
             plain = _compose.plain_config(config, f"config #{i}")
             _compose.check_config(plain, f"config #{i}", checked)
@@ -329,8 +329,17 @@ class Experiment:
         self._claiming = (worker_id, lease_seconds)
         return self._claimer.claim(refresh_seconds)
 
-    def claim_job(self, job_id: str, worker_id: str, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Attempt:
-        """Claim one particular pending job (``job run-one``), through the same steps as :meth:`claim`."""
+    def claim_job(self, job_id: str | None = None, worker_id: str = "", lease_seconds: float = DEFAULT_LEASE_SECONDS
+                  ) -> Attempt:
+        """Claim one particular pending job (``job run-one``), through the same steps as
+        :meth:`claim`; without ``job_id``, the next one in the queue (DrExpError if it is empty)."""
+        if not worker_id:
+            raise DrExpError("claim_job needs a worker_id, e.g. claim_job(worker_id='worker-01')")
+        if job_id is None:
+            attempt = self.claim(worker_id, lease_seconds)
+            if attempt is None:
+                raise DrExpError(f"no pending job to claim in {self.store.root}")
+            return attempt
         rec = self.get(job_id)
         if rec.status != Status.PENDING:
             raise DrExpError(f"job {rec.id} is {rec.status}; only a pending job can be run "

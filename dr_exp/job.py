@@ -137,6 +137,15 @@ class Attempt:
     lease_seconds: float
     record: JobRecord = field(compare=False, repr=False)
 
+    @property
+    def id(self) -> str:
+        return self.job_id
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The composed config the attempt runs."""
+        return self.record.config
+
 
 def _short(value: Any) -> str:
     text = json.dumps(value, default=str)

@@ -40,16 +40,24 @@ def _coerce(value: str) -> Any:
     return value
 
 
+BUILTIN_COLUMNS = ("status", "duration", "job_id")
+
+
 def result_rows(records: Iterable[JobRecord], metrics: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """One row per job: its parameters, its final metrics, then ``status``, ``duration`` and
+    ``job_id``. A parameter named like a built-in column is shown as ``param:NAME``, a metric
+    named like a built-in column or a parameter as ``metric:NAME``: nothing is overwritten."""
     wanted = list(metrics) if metrics else None
     rows = []
     for rec in records:
-        row: dict[str, Any] = {key: _coerce(value) for key, value in params_of(rec).items()}
+        row: dict[str, Any] = {}
+        for key, value in params_of(rec).items():
+            row[f"param:{key}" if key in BUILTIN_COLUMNS else key] = _coerce(value)
         flat: dict[str, Any] = {}
         _flatten("", (rec.result or {}).get("metrics", {}), flat)
         for key, value in flat.items():
             if wanted is None or key in wanted:
-                row[key] = value
+                row[f"metric:{key}" if key in BUILTIN_COLUMNS or key in row else key] = value
         row.update(status=rec.status, duration=round(rec.duration, 3) if rec.duration is not None else None,
                    job_id=rec.id)
         rows.append(row)

@@ -25,6 +25,29 @@ __dr_exp_preload__ = ["torch", "torchvision", "pytorch_lightning", "decon_cnn.tr
 EXTRA_CALLBACKS: list[Any] = []
 
 
+__dr_exp_check_keys__ = ("data", "paths")
+
+
+def __dr_exp_check__(config: Mapping[str, Any]) -> list[str]:
+    """Checked at submit, on the submitting host: the data the config names, where visible."""
+    from decon_cnn.config_checks import check_data
+
+    return check_data(config)
+
+
+def _fence_callback() -> Any:
+    """Stops the job before it writes a checkpoint, if its attempt no longer owns the job."""
+    import pytorch_lightning as pl
+
+    from dr_exp import fence
+
+    class Fence(pl.Callback):
+        def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+            fence.guard()
+
+    return Fence()
+
+
 def run_decon(config: DictConfig, *, job_id: str, worker_id: str, storage_path: str, resume_from: str | None = None,
               checkpoint_dir: str | Path | None = None, extra_fields: Mapping[str, Any] | None = None,
               init_weights_from: str | None = None, callbacks: Sequence[Any] = ()) -> Any:
@@ -39,7 +62,8 @@ def run_decon(config: DictConfig, *, job_id: str, worker_id: str, storage_path: 
     logger = StructuredLogger(storage_path, job_id, worker_id)
     options = RunOptions(logger=logger, output_dir=run.root, checkpoint_dir=checkpoint_dir or run.checkpoints,
                          resume_from=resume_from, init_weights_from=init_weights_from,
-                         should_stop=preemption.requested, callbacks=[*EXTRA_CALLBACKS, *callbacks],
+                         should_stop=preemption.requested,
+                         callbacks=[_fence_callback(), *EXTRA_CALLBACKS, *callbacks],
                          extra_fields=dict(extra_fields or {}))
     try:
         result, _ = train(config, options)

@@ -18,7 +18,12 @@ from omegaconf import DictConfig
 from dr_exp.errors import ConfigError
 from dr_exp.fileio import atomic_write
 from dr_exp.rundir import RunDir
-from dr_exp.trainers.decon_trainer import __dr_exp_preload__, run_decon  # noqa: F401 - preload re-exported
+from dr_exp.trainers.decon_trainer import (  # noqa: F401 - the worker and submit look for these here
+    __dr_exp_check__,
+    __dr_exp_check_keys__,
+    __dr_exp_preload__,
+    run_decon,
+)
 
 
 def _stages(config: DictConfig) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ def compose_job(name: str, *overrides: str):
 
     from dr_exp.compose import compose_one
 
-    config = compose_one(EXP_CONFIGS, name, list(overrides)).config
+    config = compose_one(EXP_CONFIGS, name, list(overrides), check=False).config
     config.pop("_target_")
     return OmegaConf.create(config)
 

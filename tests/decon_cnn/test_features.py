@@ -127,7 +127,8 @@ def test_nan_loss_stops_the_run_with_the_reason(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(TrainingDiverged):
         bridge(cfg, run)
-    assert "TrainingDiverged" in (run / "error.txt").read_text()
+    errors = [e for e in read_jsonl(run / "events.jsonl") if e["event"] == "error"]
+    assert errors and errors[-1]["error_type"] == "TrainingDiverged"  # the worker turns it into error.txt
     # Switched off, the run goes on and reports the flag.
     out, _ = fit(compose_job("quickstart", "optimizer.lr=1e12", "sanity.stop_on_nan=false", "trainer.max_epochs=1",
                              "data.synthetic.num_train=256"))

@@ -2,6 +2,7 @@
 write nothing."""
 
 import json
+import os
 import uuid
 
 import pytest
@@ -44,6 +45,8 @@ def _bad_configs(tmp_path):
     d.mkdir()
     (d / "no_target.yaml").write_text("lr: 0.1\n")
     (d / "bad_target.yaml").write_text("_target_: not_a_module.train\n")
+    (d / "exits.yaml").write_text("_target_: exits_on_import.train\n")
+    (d / "exits_on_import.py").write_text("import sys\nsys.exit(0)\n")
     return d
 
 
@@ -68,6 +71,22 @@ BAD_INPUTS = {
     "bad SLURM array": (["system", "slurm-submit", "--array", "0", "--dry-run"], "--array 0"),
     "base path is a file": (["--base-path", "{file}/sub", "job", "submit", "--config-path", "exp_configs",
                              "--config-name", "noop"], "not a directory"),
+    "experiment name ends in a newline": (["--experiment", "exp\n", "job", "list"], "invalid experiment name"),
+    "empty experiment name": (["--experiment", "", "job", "list"], "empty experiment name"),
+    "negative lease": (["system", "worker", "--lease-seconds", "-5"], "--lease-seconds -5.0 must be a positive"),
+    "negative heartbeat": (["system", "worker", "--heartbeat-seconds", "-1"], "--heartbeat-seconds -1.0 must be"),
+    "_target_ module exits at import": (["job", "submit", "--config-path", "{cfgs}", "--config-name", "exits"],
+                                        "sys.exit(0)"),
+    "search space in a grid sweep": (["job", "sweep", "--config", "exp_configs/noop.yaml",
+                                      "--params", "+x=interval(0.001,0.1)"], "--search"),
+    "callback that does not import": (["job", "submit", "--config-path", "exp_configs", "--config-name", "quickstart",
+                                       "--overrides", "+callbacks.bad._target_=no_such.Callback"], "does not import"),
+    "logger class that does not exist": (["job", "submit", "--config-path", "exp_configs", "--config-name", "quickstart",
+                                          "--overrides", "+loggers.bad._target_=pytorch_lightning.loggers.NoLogger"],
+                                         "is not defined"),
+    "search path that does not exist": (["job", "submit", "--config-path", "exp_configs", "--config-name", "noop",
+                                         "--searchpath", "/no/such/dir"], "is not a directory"),
+    "unknown status filter": (["job", "list", "--status", "runing"], "unknown status runing"),
 }
 
 
@@ -81,10 +100,27 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(base, tmp_path, case
     afile.write_text("x")
     cfgs = _bad_configs(tmp_path)
     args = [a.format(cfgs=cfgs, file=afile) for a in args]
-    proc = run_cli(*args, base=base)
+    proc = run_cli(*args, base=base, PYTHONPATH=f"{cfgs}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr and needle in lines[0], lines[0]
     assert snapshot(base) == before
     assert not (REPO / "outputs").exists()
+
+
+def test_a_huge_override_string_splits_in_linear_time(exp):
+    """A 2 MB override string: the old splitter took minutes (quadratic); the deadline is the
+    test's timeout, not a timed assertion."""
+    from dr_exp.compose import split_overrides
+
+    big = " ".join(f"+k{i}='{'x' * 40}'" for i in range(40_000))
+    assert len(split_overrides(big)) == 40_000 and len(big) > 2_000_000
+
+
+def test_sweep_params_never_collide_with_builtin_result_columns(base):
+    ok(run_cli("job", "sweep", "--config", "exp_configs/noop.yaml", "--params", "+status=a,b duration=0,0.01", base=base))
+    ok(run_cli("system", "worker", "--idle-timeout", "0", base=base))
+    rows = json.loads(ok(run_cli("results", "--format", "json", base=base)))
+    assert sorted((r["param:status"], r["param:duration"]) for r in rows) == [("a", 0), ("a", 0.01), ("b", 0), ("b", 0.01)]
+    assert {r["status"] for r in rows} == {"completed"} and all(isinstance(r["duration"], float) for r in rows)
