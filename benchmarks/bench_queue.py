@@ -1,8 +1,10 @@
 """Queue benchmarks: single-claim latency at 1k vs 50k pending jobs, drain rate of 1/2/4
 processes claiming and completing no-op jobs with durable records (next to the same code without
-the record swap), and `job list` of 10k jobs.
+the record swap, and to Celery's filesystem broker), the submit rate of a 10,000-job batch next to
+Celery's filesystem broker, and `job list` of 10k jobs. Every comparison is measured in the same
+run, alternating, and reported as a ratio.
 
-    python -m benchmarks.bench_queue [--big 50000] [--drain-jobs 4000] [--rounds 3]
+    python -m benchmarks.bench_queue [--big 50000] [--drain-jobs 4000] [--rounds 3] [--submit 10000]
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import uuid
 from pathlib import Path
 
 from benchmarks.common import machine, pct, populate, table
-from dr_exp import store
+from benchmarks.kombu_baseline import JOB_CONFIG, kombu_drain_rate, kombu_submit_rate
+from dr_exp import fileio
 from dr_exp.api import Experiment
-from dr_exp.state import Status
 
 
 def claim_latency(base: Path, sizes: tuple[int, ...], samples: int) -> list[dict]:
@@ -44,24 +46,24 @@ def claim_latency(base: Path, sizes: tuple[int, ...], samples: int) -> list[dict
     for _ in range(samples):
         for exp, out in zip(exps, times, strict=False):
             t0 = time.perf_counter()
-            rec = exp.claim("w", refresh_seconds=2.0)
+            attempt = exp.claim("w", refresh_seconds=2.0)
             out.append((time.perf_counter() - t0) * 1000)
-            assert rec is not None
+            assert attempt is not None
     return [{"pending": n, "claims": samples, "p50_ms": f"{pct(t, 50):.3f}", "p99_ms": f"{pct(t, 99):.3f}",
              "max_ms": f"{max(t):.2f}", "relist_ms": f"{r:.1f}"} for n, t, r in zip(sizes, times, relist, strict=False)]
 
 
 def _drain(base: str, name: str, wid: str, go, counter, swap: bool) -> None:
     if not swap:  # as on a filesystem without renameat2(RENAME_EXCHANGE): every update frees a file
-        store._renameat2 = False
+        fileio._renameat2 = False
     exp = Experiment(base, name)
     go.wait()
     done = 0
     while True:
-        rec = exp.claim(wid, refresh_seconds=1.0)
-        if rec is None:
+        attempt = exp.claim(wid, refresh_seconds=1.0)
+        if attempt is None:
             break
-        exp.finish(rec.id, wid, rec.attempts, Status.COMPLETED, result={"metrics": {}})
+        exp.complete(attempt, {"metrics": {}})
         done += 1
     with counter.get_lock():
         counter.value += done
@@ -87,16 +89,46 @@ def drain_seconds(base: Path, procs: int, jobs: int, swap: bool) -> float:
 
 def drain_rate(base: Path, procs: int, jobs: int, rounds: int) -> dict:
     """dr_exp as it runs, next to the same code with the record swap turned off (the claim then
-    renames over the pending record, freeing it, as on NFS); rounds alternate between the two
-    and the medians are reported, as a virtual disk's speed drifts."""
-    swap, rename = [], []
+    renames over the pending record, freeing it, as on NFS) and to Celery's filesystem broker
+    draining as many messages with as many processes; rounds alternate between the three and
+    the medians are reported, as a virtual disk's speed drifts."""
+    swap, rename, kombu = [], [], []
     for _ in range(rounds):
         swap.append(drain_seconds(base, procs, jobs, swap=True))
         rename.append(drain_seconds(base, procs, jobs, swap=False))
-    swap_s, rename_s = statistics.median(swap), statistics.median(rename)
-    return {"processes": procs, "jobs": jobs, "rounds": rounds, "median_s": f"{swap_s:.2f}",
+        kombu.append(jobs / kombu_drain_rate(jobs, procs, base))
+    swap_s, rename_s, kombu_s = statistics.median(swap), statistics.median(rename), statistics.median(kombu)
+    return {"processes": procs, "jobs": jobs, "rounds": rounds,
             "jobs_per_s": f"{jobs / swap_s:.0f}", "min_max_jobs_per_s": f"{jobs / max(swap):.0f}-{jobs / min(swap):.0f}",
-            "without_swap_jobs_per_s": f"{jobs / rename_s:.0f}", "ratio": f"{rename_s / swap_s:.2f}"}
+            "without_swap_jobs_per_s": f"{jobs / rename_s:.0f}", "kombu_jobs_per_s": f"{jobs / kombu_s:.0f}",
+            "vs_kombu": f"{kombu_s / swap_s:.2f}"}
+
+
+def _jobs(n: int, round_: int) -> list[dict]:
+    out = []
+    for i in range(n):
+        config = {"_target_": "dr_exp.trainers.noop.train", **JOB_CONFIG}
+        config["seed"] = round_ * n + i
+        out.append(config)
+    return out
+
+
+def submit_rate(base: Path, n: int, rounds: int) -> dict:
+    """``Experiment.submit_configs`` of an n-job batch (records fsynced: durable when it returns),
+    next to publishing as many tasks of the same config to Celery's filesystem broker (not fsynced)."""
+    ours, kombu = [], []
+    for r in range(rounds):
+        configs = _jobs(n, r)
+        exp = Experiment(base, f"submit-{uuid.uuid4().hex[:8]}")
+        t0 = time.perf_counter()
+        result = exp.submit_configs(configs)
+        ours.append(time.perf_counter() - t0)
+        assert len(result.submitted) == n
+        kombu.append(n / kombu_submit_rate(n, base))
+    ours_s, kombu_s = statistics.median(ours), statistics.median(kombu)
+    return {"jobs": n, "rounds": rounds, "dr_exp_jobs_per_s": f"{n / ours_s:.0f}",
+            "min_max": f"{n / max(ours):.0f}-{n / min(ours):.0f}", "kombu_jobs_per_s": f"{n / kombu_s:.0f}",
+            "vs_kombu": f"{kombu_s / ours_s:.2f}"}
 
 
 def list_time(base: Path, n: int) -> dict:
@@ -120,6 +152,7 @@ def main() -> None:
     parser.add_argument("--drain-jobs", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--list-jobs", type=int, default=10000)
+    parser.add_argument("--submit", type=int, default=10000)
     args = parser.parse_args()
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
@@ -130,9 +163,12 @@ def main() -> None:
         ratio = float(lat[1]["p99_ms"]) / float(lat[0]["p99_ms"])
         print(f"p99 ratio {args.big} vs {args.small} pending: {ratio:.2f}x")
         drains = [drain_rate(base, p, args.drain_jobs, args.rounds) for p in (1, 2, 4)]
-        print("\ndrain rate: claim + complete no-op jobs through the Python API")
-        print(table(drains, ["processes", "jobs", "rounds", "median_s", "jobs_per_s", "min_max_jobs_per_s",
-                             "without_swap_jobs_per_s", "ratio"]))
+        print("\ndrain rate: claim + complete no-op jobs through the Python API, vs Celery's filesystem broker")
+        print(table(drains, ["processes", "jobs", "rounds", "jobs_per_s", "min_max_jobs_per_s",
+                             "without_swap_jobs_per_s", "kombu_jobs_per_s", "vs_kombu"]))
+        sub = submit_rate(base, args.submit, args.rounds)
+        print("\nsubmit rate: one batch, durable when the call returns, vs Celery's filesystem broker")
+        print(table([sub], ["jobs", "rounds", "dr_exp_jobs_per_s", "min_max", "kombu_jobs_per_s", "vs_kombu"]))
         print("\n`dr_exp job list` (whole command, fresh process)")
         print(table([list_time(base, args.list_jobs)], ["jobs", "table_s", "json_s"]))
 

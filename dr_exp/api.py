@@ -27,7 +27,15 @@ from typing import Any
 from dr_exp import compose as _compose
 from dr_exp.claim import DEFAULT_REFRESH_SECONDS, Claimer
 from dr_exp.errors import CorruptRecord, DrExpError, JobNotFound, StorageError
-from dr_exp.job import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WORKER_LOSSES, DEFAULT_PRIORITY, Attempt, JobRecord
+from dr_exp.job import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_WORKER_LOSSES,
+    DEFAULT_PRIORITY,
+    Attempt,
+    JobRecord,
+    canonical_json,
+    config_hash,
+)
 from dr_exp.layout import MAX_PRIORITY, MIN_PRIORITY, Layout, parse_marker
 from dr_exp.rundir import RunDir
 from dr_exp.state import FINISHED, Ending, Status, next_after, transition
@@ -143,9 +151,9 @@ class Experiment:
         composed = []
         checked: dict[Any, Any] = {}
         for i, config in enumerate(configs):
-            plain = _compose.plain_config(config, f"config #{i}")
+            plain, canonical = _compose.plain_config(config, f"config #{i}")
             _compose.check_config(plain, f"config #{i}", checked)
-            composed.append(_compose.ComposedConfig("", "", [], plain, {}))
+            composed.append(_compose.ComposedConfig("", "", [], plain, {}, canonical))
         return self._queue(composed, force, sweep_id, **queueing)
 
     @staticmethod
@@ -172,12 +180,16 @@ class Experiment:
                 or DEFAULT_MAX_ATTEMPTS
             limit = timeout or _positive_number(config.pop("timeout", None), "timeout")
             job_id = str(uuid.uuid4())
-            records.append(JobRecord(
-                id=job_id, experiment=self.name, config=config, priority=priority, tags=list(tags),
+            canonical = c.canonical if c.canonical is not None else canonical_json(config)
+            record = JobRecord(
+                id=job_id, experiment=self.name, config=config, config_hash=config_hash(config, canonical),
+                priority=priority, tags=list(tags),
                 config_path=c.config_path or None, config_name=c.config_name or None, overrides=c.overrides,
                 sweep_id=sweep_id, sweep_params=c.sweep_params, max_attempts=attempts, timeout=limit,
                 max_worker_losses=max_worker_losses or DEFAULT_MAX_WORKER_LOSSES,
-                storage_path=Layout.run_dir_relative(job_id)))
+                storage_path=Layout.run_dir_relative(job_id))
+            record.reuse_config_json(canonical)
+            records.append(record)
         self.store.ensure()
         result = SubmitResult(sweep_id=sweep_id)
         existing = {} if force else self._active_duplicates({r.config_hash for r in records})
@@ -199,12 +211,12 @@ class Experiment:
     def _active_duplicates(self, hashes: set[str]) -> dict[str, str]:
         """config hash -> id of a pending, running or completed job with that config."""
         out = {}
-        for config_hash, ids in self.store.index_lookup(hashes).items():
+        for digest, ids in self.store.index_lookup(hashes).items():
             for job_id in reversed(ids):
                 rec = self.read_or_none(job_id)
-                if rec is not None and rec.config_hash == config_hash and \
+                if rec is not None and rec.config_hash == digest and \
                         rec.status in (Status.PENDING, Status.RUNNING, Status.COMPLETED):
-                    out[config_hash] = rec.id
+                    out[digest] = rec.id
                     break
         return out
 
@@ -378,18 +390,7 @@ class Experiment:
             try:
                 return store.begin_attempt(marker, rec, lease_seconds)
             except OSError as exc:
-                self._undo_begin(marker, rec)
                 raise storage_error(exc, f"could not start job {rec.id}; it stays pending") from None
-
-    def _undo_begin(self, marker: str, rec: JobRecord) -> None:
-        """Put a job whose claim could not be written back in the queue, as it was."""
-        lease = self.layout.lease(rec.id, rec.attempts)
-        for src in (lease, self.layout.claimed_marker(marker)):
-            try:
-                os.rename(src, self.layout.queued(marker))
-                return
-            except OSError:
-                continue
 
     # -- the end of an attempt --------------------------------------------------------------------
     def owns(self, attempt: Attempt) -> bool:

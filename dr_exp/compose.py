@@ -37,6 +37,7 @@ class ComposedConfig:
     overrides: list[str]
     config: dict[str, Any]
     sweep_params: dict[str, str]
+    canonical: str | None = None  # the config's canonical JSON (job.canonical_json), when known
 
 
 _OPEN, _CLOSE = "([{", ")]}"
@@ -334,9 +335,12 @@ def compose_one(config_path: str | os.PathLike[str], config_name: str, overrides
     return compose_many(config_path, config_name, [overrides or []], searchpath=searchpath, check=check)[0]
 
 
-def plain_config(config: Any, where: str = "config") -> dict[str, Any]:
-    """A config given from Python (dict or DictConfig) as plain JSON data, or ConfigError naming
-    the first value JSON cannot hold exactly (sets, bytes, arbitrary objects)."""
+def plain_config(config: Any, where: str = "config") -> tuple[dict[str, Any], str]:
+    """A config given from Python (dict or DictConfig) as plain JSON data, with its canonical
+    JSON (:func:`dr_exp.job.canonical_json`), or ConfigError naming the first value JSON cannot
+    hold exactly (sets, bytes, arbitrary objects, keys that are not strings)."""
+    from dr_exp.job import canonical_json
+
     try:
         from omegaconf import DictConfig, OmegaConf
 
@@ -347,21 +351,31 @@ def plain_config(config: Any, where: str = "config") -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ConfigError(f"{where} is a {type(config).__name__}, not a dict")
 
-    def check(value: Any, path: str) -> Any:
-        if value is None or type(value) in (str, int, float, bool):
-            if isinstance(value, float) and value != value:
-                return value  # NaN is JSON-representable by Python's json
-            return value
-        if isinstance(value, dict):
-            out = {}
-            for k, v in value.items():
-                if not isinstance(k, str):
-                    raise ConfigError(f"{where}: key {k!r} at {path or 'top level'} is not a string")
-                out[k] = check(v, f"{path}.{k}" if path else k)
-            return out
-        if isinstance(value, (list, tuple)):
-            return [check(v, f"{path}[{i}]") for i, v in enumerate(value)]
-        raise ConfigError(f"{where}: {path} is a {type(value).__name__} ({value!r:.40}); configs hold JSON data "
-                          "only (str, int, float, bool, None, lists, dicts)")
+    def keys(value: Any, path: str) -> None:
+        """Every key a string (JSON would turn others into strings silently)."""
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items:
+            if isinstance(value, dict) and type(k) is not str:
+                raise ConfigError(f"{where}: key {k!r} at {path or 'top level'} is not a string")
+            if isinstance(v, (dict, list, tuple)):
+                keys(v, f"{path}.{k}" if path and isinstance(value, dict) else (k if isinstance(value, dict) else f"{path}[{k}]"))
 
-    return check(config, "")
+    def culprit(value: Any, path: str) -> str | None:
+        """The first value JSON cannot hold, for the message."""
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items:
+            where_ = f"{path}.{k}" if isinstance(value, dict) else f"{path}[{k}]"
+            if isinstance(v, (dict, list, tuple)):
+                found = culprit(v, where_)
+                if found:
+                    return found
+            elif not (v is None or type(v) in (str, int, float, bool)):
+                return f"{where_.lstrip('.')} is a {type(v).__name__} ({v!r:.40})"
+        return None
+
+    keys(config, "")
+    try:
+        return config, canonical_json(config)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {culprit(config, '') or 'a value'}; configs hold JSON data only "
+                          "(str, int, float, bool, None, lists, dicts)") from None

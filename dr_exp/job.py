@@ -25,11 +25,22 @@ DEFAULT_MAX_WORKER_LOSSES = 10
 RUNTIME_KEYS = frozenset({"resume_from", "timeout", "max_attempts", "job_id", "worker_id", "storage_path"})
 
 
-def config_hash(config: dict[str, Any]) -> str:
-    """sha256 of the composed config, runtime keys excluded, key order irrelevant."""
+def canonical_json(config: dict[str, Any]) -> str:
+    """The config as sorted, compact JSON without runtime keys: what identifies a run. Raises
+    TypeError for a value JSON cannot hold."""
     payload = {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"))
+
+
+def config_hash(config: dict[str, Any], canonical: str | None = None) -> str:
+    """sha256 of the composed config, runtime keys excluded, key order irrelevant."""
+    if canonical is None:
+        try:
+            canonical = canonical_json(config)
+        except TypeError:
+            payload = {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
+            canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass
@@ -101,7 +112,18 @@ class JobRecord:
     def to_json(self) -> str:
         # Compact on purpose: json's C encoder is used only without indent, and records are
         # rewritten on every state change. `jq . jobs/<id>.json` pretty-prints one.
-        return json.dumps(self.to_dict(), default=str) + "\n"
+        config_json = self.__dict__.get("_config_json")
+        if config_json is None:
+            return json.dumps(self.to_dict(), default=str) + "\n"
+        rest = self.to_dict()
+        del rest["config"]
+        return '{"config":' + config_json + "," + json.dumps(rest, default=str)[1:] + "\n"
+
+    def reuse_config_json(self, canonical: str) -> None:
+        """Serialise the config as ``canonical`` (its :func:`canonical_json`, already computed)
+        instead of encoding it again; a big sweep writes thousands of records at once."""
+        if RUNTIME_KEYS.isdisjoint(self.config):
+            self.__dict__["_config_json"] = canonical
 
     @classmethod
     def from_dict(cls, data: Any) -> JobRecord:

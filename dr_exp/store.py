@@ -34,6 +34,7 @@ from typing import Any
 from dr_exp.errors import CorruptRecord, JobNotFound, StorageError
 from dr_exp.fileio import (
     atomic_write,
+    exchange,
     list_dir,
     overwrite,
     read_bytes,
@@ -236,10 +237,10 @@ class ExperimentStore:
     def create_jobs(self, records: list[JobRecord]) -> None:
         """Write a batch of new pending jobs: all of them, durably, or none.
 
-        Records, spares and markers are staged under hidden names first; one filesystem sync
-        makes them durable; renames then publish the records and, last, the markers (only a
-        marker makes a job claimable). If anything fails, what was staged or published is
-        removed again and the error is raised.
+        Records are staged under hidden names; one filesystem sync makes them durable; renames
+        publish them, then their markers are created (only a marker makes a job claimable) and a
+        second sync makes the names durable. If anything fails, what was written is removed again
+        and the error is raised.
         """
         if not records:
             return
@@ -247,42 +248,31 @@ class ExperimentStore:
         for rec in records:
             rec.rev = 1
         paths = [lay.record(r.id) for r in records]
-        markers = [lay.queued(r.marker) for r in records]
-        staged_markers = [f"{lay.queue}/.{r.marker}.tmp" for r in records]
         temps: list[str] = []
-        made: list[str] = []  # spares and staged markers
-        published: list[str] = []
-        queued: list[str] = []
+        published = 0
+        markers: list[str] = []
         try:
             temps = write_new_files((p, r.to_json().encode()) for p, r in zip(paths, records, strict=True))
-            for path in [lay.spare(r.id) for r in records] + staged_markers:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-                made.append(path)
             self._index_add(records)
             sync_filesystem(lay.jobs)
             for tmp, path in zip(temps, paths, strict=True):
                 os.replace(tmp, path)
-                published.append(path)
-            for staged, marker in zip(staged_markers, markers, strict=True):
-                os.rename(staged, marker)
-                queued.append(marker)
+                published += 1
+            for rec in records:
+                marker = lay.queued(rec.marker)
+                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                markers.append(marker)
             sync_filesystem(lay.jobs)
         except BaseException:
-            kept: set[str] = set()
-            for marker, staged, rec in zip(markers, staged_markers, records, strict=True):
-                if marker not in queued:
-                    continue
+            kept: set[int] = set()
+            for i, marker in enumerate(markers):
                 try:  # withdraw it; a worker that took it already keeps its job
-                    os.rename(marker, staged)
+                    os.unlink(marker)
                 except OSError:
-                    kept.add(rec.id)
-            for rec, tmp, path, staged in zip(records, temps or [None] * len(records), paths, staged_markers,
-                                              strict=True):
-                if rec.id in kept:
-                    continue
-                for victim in (tmp, path if path in published else None, staged,
-                               lay.spare(rec.id) if lay.spare(rec.id) in made else None):
-                    if victim is not None:
+                    kept.add(i)
+            for i, (tmp, path) in enumerate(zip(temps, paths, strict=True)):
+                if i not in kept:
+                    for victim in (tmp, path) if i < published else (tmp,):
                         try:
                             os.unlink(victim)
                         except OSError:
@@ -418,19 +408,42 @@ class ExperimentStore:
     # -- attempts --------------------------------------------------------------------------
     def begin_attempt(self, marker: str, record: JobRecord, lease_seconds: float) -> Attempt:
         """Start the attempt ``record.attempts`` that ``record`` (already ``running``) describes:
-        the claimed marker becomes its lease, and the record is written. Callers hold the lock."""
+        its lease is created, then the record is written. Callers hold the lock.
+
+        The record is written into the claimed marker (an empty private file) and swapped with
+        the pending record, which then stays as the job's spare (``jobs/.<id>.spare``) instead
+        of being freed. If anything fails, the job is left pending and its marker queued."""
         number = record.attempts
-        lease = self.layout.lease(record.id, number)
-        os.rename(self.layout.claimed_marker(marker), lease)
-        self._write_lease(lease, record, lease_seconds)
+        lay = self.layout
+        lease = lay.lease(record.id, number)
+        claimed = lay.claimed_marker(marker)
         record.rev += 1
-        # No fsync here: the write is still atomic (readers on any node see the old or the new
-        # record), and if a power loss drops it, the job reads as pending with a lease that will
-        # expire -- exactly a claimer that died, which recovery re-queues.
-        if not replace_with(self.layout.spare(record.id), self.layout.record(record.id), record.to_json(),
-                            durable=False, keep_old=True):
-            atomic_write(self.layout.record(record.id), record.to_json(), durable=False)
+        data = record.to_json().encode()
+        try:
+            self._write_lease(lease, record, lease_seconds)
+            # No fsync: the write is still atomic (readers on any node see the old or the new
+            # record), and if a power loss drops it the job reads as pending with a lease that
+            # will expire -- exactly a claimer that died, which recovery re-queues.
+            fd = os.open(claimed, os.O_WRONLY)
+            try:
+                overwrite(fd, data, claimed)
+            finally:
+                os.close(fd)
+            if exchange(claimed, lay.record(record.id)):
+                os.rename(claimed, lay.spare(record.id))
+            else:
+                os.rename(claimed, lay.record(record.id))
+        except OSError:
+            self._undo_begin(marker, lease)
+            raise
         return Attempt(record.id, number, record.worker_id or "", lease, lease_seconds, record)
+
+    def _undo_begin(self, marker: str, lease: str) -> None:
+        try:
+            os.unlink(lease)
+        except OSError:
+            pass
+        self.release(marker)
 
     def _write_lease(self, path: str, record: JobRecord, lease_seconds: float) -> None:
         # A lease is a heartbeat, not a durable fact: losing it in a crash only makes the job
@@ -439,11 +452,16 @@ class ExperimentStore:
         lease = {"job_id": record.id, "attempt": record.attempts, "worker_id": record.worker_id,
                  "host": self.layout.host, "pid": os.getpid(), "lease_seconds": lease_seconds,
                  "created_at": time.time()}
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            overwrite(fd, json.dumps(lease).encode(), path)
-        finally:
+            payload = json.dumps(lease).encode()
+            if os.write(fd, payload) != len(payload):
+                raise OSError(errno.ENOSPC, f"short write to {path}")
+        except BaseException:
             os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
 
     def end_attempt(self, attempt: Attempt, record: JobRecord) -> None:
         """Record the end of ``attempt`` (``record`` is its new state; callers hold the lock):
