@@ -7,6 +7,7 @@ launcher in the foreground, the dashboard and its ``/experiments/{exp}/status``.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import time
@@ -55,6 +56,7 @@ def measure(records: Iterable[JobRecord], now: float | None = None, window: floa
     state = QueueState()
     ended = 0
     first_start = now
+    last_end = 0.0
     for rec in records:
         status = rec.status
         if status in _COUNTED:
@@ -63,9 +65,12 @@ def measure(records: Iterable[JobRecord], now: float | None = None, window: floa
             first_start = min(first_start, rec.started_at)
         elif status in ("completed", "failed") and rec.finished_at and rec.finished_at >= now - window:
             ended += 1
+            last_end = max(last_end, rec.finished_at)
             if rec.started_at:
                 first_start = min(first_start, rec.started_at)
-    span = now - max(first_start, now - window)
+    # While jobs are left the clock runs until now; once drained, until the last job ended.
+    end = now if state.pending or state.running else last_end
+    span = end - max(first_start, now - window)
     if ended and span > 0:
         state.jobs_per_minute = ended / span * 60.0
         state.eta_seconds = (state.pending + state.running) / state.jobs_per_minute * 60.0
@@ -117,24 +122,37 @@ class LiveLine:
         self._next = 0.0
         self.state: QueueState | None = None
         console = Console(file=stream or sys.stderr)
-        self._progress = Progress(BarColumn(bar_width=24), MofNCompleteColumn(), TextColumn("{task.description}"),
-                                  console=console, auto_refresh=False, transient=False)
-        self._task = self._progress.add_task("", total=None)
+        # The bar only where the line still fits beside it (80-column terminals get the text).
+        columns = [BarColumn(bar_width=20), MofNCompleteColumn()] if console.width >= 110 else []
+        self._progress = Progress(*columns, TextColumn("{task.description}"), console=console,
+                                  auto_refresh=False, transient=False)
+        state = self._measure()
+        self._task = self._progress.add_task(describe(state), total=state.total or None, completed=state.finished)
         self._progress.start()
+        self._closed = False
+        # Restore the terminal (rich hides the cursor) even if the caller dies of an exception.
+        atexit.register(self.close)
 
     def tick(self, force: bool = False) -> QueueState | None:
-        now = time.monotonic()
-        if not force and now < self._next:
+        if not force and time.monotonic() < self._next:
             return self.state
-        self.state = measure(self.reader.scan().records)
-        cost = time.monotonic() - now
-        self._next = now + max(self.interval, 10 * cost)
-        self._progress.update(self._task, total=self.state.total or None, completed=self.state.finished,
-                              description=describe(self.state))
+        state = self._measure()
+        self._progress.update(self._task, total=state.total or None, completed=state.finished,
+                              description=describe(state))
         self._progress.refresh()
+        return state
+
+    def _measure(self) -> QueueState:
+        now = time.monotonic()
+        self.state = measure(self.reader.scan().records)
+        self._next = now + max(self.interval, 10 * (time.monotonic() - now))
         return self.state
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
         try:
             self.tick(force=True)
         finally:
