@@ -75,8 +75,17 @@ def _save(fig: Any, path: Path) -> None:
             os.unlink(tmp)
 
 
+def _matplotlib() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise ViewError("dr_exp plot needs matplotlib: pip install 'dr_exp[view]' (or pip install matplotlib); "
+                        "the dashboard and dr_exp report work without it") from None
+    return matplotlib
+
+
 def _colors(n: int) -> list[Any]:
-    import matplotlib
+    matplotlib = _matplotlib()
 
     if n <= 10:
         return [matplotlib.colormaps["tab10"](i) for i in range(n)]
@@ -101,6 +110,7 @@ def _labels(records: list[JobRecord], keys: Sequence[str] | None = None) -> dict
 
 
 def _figure(wide: bool) -> tuple[Any, Any]:
+    _matplotlib()
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11 if wide else 8, 5), dpi=120, layout="constrained")

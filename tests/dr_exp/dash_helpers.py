@@ -15,6 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import REPO, cli_env, run_cli
 
 CURVE_TARGET = "tests.dr_exp.dash_helpers.curve_train"
@@ -89,7 +91,7 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
-def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+def fetch(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
     """(status, parsed JSON or text, headers) of one request; HTTP errors are returned, not raised."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method, headers={
@@ -111,8 +113,6 @@ def chromium() -> str | None:
 
 def browser_or_skip():  # type: ignore[no-untyped-def]
     """(playwright, browser) on the system's chromium, or skip saying what is missing."""
-    import pytest
-
     path = chromium()
     if path is None:
         pytest.skip("no chromium on this machine (as root, scripts/test.sh installs it: apt-get install -y chromium)")
@@ -136,3 +136,46 @@ def update_screenshots() -> bool:
 
 
 DOCS = REPO / "docs"
+
+
+class Site:
+    """An experiment ``exp`` of finished jobs: a sweep lr x seed (6 jobs, tag ``a``) and a sweep
+    of one failing job (tag ``b``), each 5 epochs, drained by a real worker."""
+
+    def __init__(self, root: Path) -> None:
+        from dr_exp.api import Experiment
+
+        self.root = root
+        self.base = root / "runs"
+        self.base.mkdir()
+        self.config = write_config(root)
+        self.exp = Experiment(self.base, "exp")
+        swept = self.exp.sweep(str(self.config), "lr=0.3,0.1,0.03 seed=0,1", tags="a")
+        failing = self.exp.sweep(str(self.config), "lr=0.05", overrides="fail=true", tags="b", max_attempts=1)
+        self.sweep_id = swept.sweep_id
+        self.ids = [r.id for r in swept.submitted]
+        self.failed_id = failing.submitted[0].id
+        drain(self.base)
+        records = {r.id: r for r in self.exp.list()}
+        assert [records[i].status for i in self.ids] == ["completed"] * 6
+        assert records[self.failed_id].status == "failed"
+
+    @property
+    def all_ids(self) -> list[str]:
+        return [*self.ids, self.failed_id]
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
+    return Site(tmp_path_factory.mktemp("site"))
+
+
+@pytest.fixture(scope="module")
+def browser():  # type: ignore[no-untyped-def]
+    """One headless chromium per test module (skips with the reason when there is none)."""
+    pw, chrome = browser_or_skip()
+    try:
+        yield chrome
+    finally:
+        chrome.close()
+        pw.stop()

@@ -257,14 +257,14 @@
       if (!table) return;
       const tags = state.tags.split(',').map(t => t.trim()).filter(Boolean);
       const q = state.q.toLowerCase();
-      const pcols = cols.filter(c => c.kind === 'param').map(c => idx[c.key]);
+      const pcols = table.columns.filter(c => c.kind === 'param').map(c => [c.key, idx[c.key]]);
       view = table.rows.filter(r => {
         if (state.status.size && !state.status.has(r[idx.status])) return false;
         if (state.sweep && r[idx.sweep_id] !== state.sweep) return false;
         if (tags.length && !tags.every(t => (r[idx.tags] || []).includes(t))) return false;
         if (q) {
           if (r[idx.id].startsWith(q)) return true;
-          const text = pcols.map(i => `${cols[i].key}=${r[i]}`).join(' ').toLowerCase();
+          const text = pcols.map(([k, i]) => `${k}=${r[i]}`).join(' ').toLowerCase();
           return text.includes(q);
         }
         return true;
@@ -438,11 +438,12 @@
       const rows = [['priority', r.priority], ['attempts', `${r.attempts} of ${r.max_attempts}` + (r.preemptions ? ` (${r.preemptions} pre-empted)` : '')],
         ['worker', r.worker_id], ['host', r.host], ['created', fmtTime(r.created_at)], ['started', fmtTime(r.started_at)],
         ['finished', fmtTime(r.finished_at)], ['duration', fmtDur(dur)], ['run dir', job.run_dir],
-        ['config', [r.config_path, r.config_name].filter(Boolean).join('/') || '-'], ['overrides', (r.overrides || []).join(' ') || '-'],
+        ['config', r.config_name || '-', r.config_path ? `${r.config_path}/${r.config_name}.yaml` : null], ['overrides', (r.overrides || []).join(' ') || '-'],
         ['resume from', r.resume_from]];
       const result = flatten((r.result || {}).metrics || {});
       for (const [k, v] of Object.entries(result)) rows.push([k, fmtVal(v)]);
-      facts.replaceChildren(...rows.filter(([, v]) => v !== null && v !== undefined && v !== '').flatMap(([k, v]) => [h('dt', { text: k }), h('dd', { text: String(v) })]));
+      facts.replaceChildren(...rows.filter(([, v]) => v !== null && v !== undefined && v !== '')
+        .flatMap(([k, v, title]) => [h('dt', { text: k }), h('dd', { text: String(v), title })]));
       if (r.error || job.error_text) {
         const e = r.error || {};
         errorBox.replaceChildren(h('div', { class: 'errorbox' }, h('b', { text: `${e.type || 'error'}: ` }), e.message || '',

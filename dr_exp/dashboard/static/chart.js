@@ -27,11 +27,12 @@
     return String(+v.toPrecision(4));
   }
 
-  function niceTicks(lo, hi, n) {
+  function niceTicks(lo, hi, n, integers) {
     if (!(hi > lo)) { const d = Math.abs(lo) || 1; lo -= d / 2; hi += d / 2; }
     const raw = (hi - lo) / Math.max(1, n);
     const mag = Math.pow(10, Math.floor(Math.log10(raw)));
-    const step = [1, 2, 2.5, 5, 10].map(m => m * mag).find(s => s >= raw) || 10 * mag;
+    let step = [1, 2, 2.5, 5, 10].filter(m => !integers || m !== 2.5).map(m => m * mag).find(s => s >= raw) || 10 * mag;
+    if (integers && step < 1) step = 1;
     const start = Math.floor(lo / step) * step, end = Math.ceil(hi / step) * step;
     const ticks = [];
     for (let t = start; t <= end + step / 2; t += step) ticks.push(+t.toPrecision(12));
@@ -70,11 +71,17 @@
     const fx = finite(xs), fy = finite(ys);
     let xl = Math.min(...fx), xh = Math.max(...fx);
     if (!fx.length) { xl = 0; xh = 1; }
-    const logX = !!opt.logX && fx.length && xl > 0;
-    let X = logX ? logTicks(xl, xh) : (opt.categories ? null : niceTicks(xl, xh, Math.max(2, Math.floor(pw / 80))));
-    if (X && !logX && xh > xl && !opt.scatter) {
-      // Lines span the data exactly; only the y axis is rounded out to nice numbers.
-      X = { lo: xl, hi: xh, ticks: X.ticks.filter(t => t >= xl - 1e-9 && t <= xh + 1e-9) };
+    const logX = !!opt.logX && fx.length > 0 && xl > 0;
+    const intX = fx.length > 0 && fx.every(Number.isInteger);
+    let X = null;
+    if (logX) {
+      // Lines span the data exactly; scatter plots leave a margin so no point sits on the frame.
+      const lo = opt.scatter ? xl / 1.3 : xl, hi = opt.scatter ? xh * 1.3 : xh;
+      X = { lo, hi, ticks: logTicks(lo, hi).ticks.filter(t => t >= lo * 0.999 && t <= hi * 1.001) };
+    } else if (!opt.categories) {
+      const pad = xh > xl ? (opt.scatter ? (xh - xl) * 0.06 : 0) : (intX ? 1 : Math.abs(xl) * 0.1 || 1);
+      const lo = xl - pad, hi = xh + pad;
+      X = { lo, hi, ticks: niceTicks(lo, hi, Math.max(2, Math.floor(pw / 80)), intX).ticks.filter(t => t >= lo - 1e-9 && t <= hi + 1e-9) };
     }
     let Y = niceTicks(fy.length ? Math.min(...fy) : 0, fy.length ? Math.max(...fy) : 1, Math.max(2, Math.floor(ph / 40)));
     let sx;
