@@ -103,7 +103,7 @@ class ExperimentReader:
         self.layout = Layout(base_path, name)
         self.root = self.layout.root
         self._lock = threading.RLock()
-        self._records: dict[str, tuple[Stamp, JobRecord | None]] = {}
+        self._records: dict[str, tuple[Stamp, JobRecord | None, tuple[int, int, str]]] = {}
         self._bad: dict[str, str] = {}
         self._scan: Scan | None = None
         self._logs: dict[tuple[str, str], JsonlLog] = {}
@@ -122,27 +122,33 @@ class ExperimentReader:
             names = []
         with self._lock:
             cache = self._records
-            fresh: dict[str, tuple[Stamp, JobRecord | None]] = {}
+            fresh: dict[str, tuple[Stamp, JobRecord | None, tuple[int, int, str]]] = {}
             problems: list[str] = []
+            signature = len(names)
+            stat = os.stat
             for name in names:
                 if name[0] == "." or not name.endswith(".json"):
                     continue  # spares and temp files
                 path = f"{jobs}/{name}"
-                stamp = _stamp(path)
-                if stamp is None:
+                try:
+                    st = stat(path)
+                except FileNotFoundError:
                     continue  # removed since the listing
+                stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+                signature += hash(stamp)  # a sum: the order of the listing does not matter
                 hit = cache.get(name)
                 if hit is None or hit[0] != stamp:
-                    hit = (stamp, self._read_record(path, name))
+                    rec = self._read_record(path, name)
+                    hit = (stamp, rec, (-rec.priority, rec.seq, name) if rec is not None else (0, 0, name))
                 fresh[name] = hit
                 if hit[1] is None:
                     problems.append(self._bad.get(name, f"{path}: unreadable record"))
             self._records = fresh
-            signature = hash(frozenset((name, stamp) for name, (stamp, _) in fresh.items()))
+            signature &= 0xFFFFFFFFFFFFFFFF
             if self._scan is not None and self._scan.signature == signature:
                 return self._scan
-            records = [rec for _, rec in fresh.values() if rec is not None]
-            records.sort(key=lambda r: (-r.priority, r.seq))
+            # Claim order (priority, then submission), sorted on keys kept with each record.
+            records = [rec for _, rec in sorted((order, rec) for _, rec, order in fresh.values() if rec is not None)]
             self._scan = Scan(records, signature, problems)
             return self._scan
 
@@ -165,7 +171,8 @@ class ExperimentReader:
         with self._lock:
             hit = self._records.get(name)
             if stamp is not None and (hit is None or hit[0] != stamp):
-                hit = (stamp, self._read_record(path, name))
+                rec = self._read_record(path, name)
+                hit = (stamp, rec, (-rec.priority, rec.seq, name) if rec is not None else (0, 0, name))
                 self._records[name] = hit
         if stamp is None or hit is None or hit[1] is None:
             raise ViewError(f"no job {job_id} in experiment {self.name}")

@@ -8,6 +8,7 @@ the server can answer from a cache (and with ``304 Not Modified``) while nothing
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -76,8 +77,10 @@ class Views:
 
     def __init__(self, reader: Reader) -> None:
         self.reader = reader
-        self._rows: dict[str, tuple[JobRecord, Any, list[Any], dict[str, Any], dict[str, Any]]] = {}
-        self._tables: dict[tuple[Any, ...], tuple[Any, dict[str, Any]]] = {}
+        self._rows: dict[str, tuple[JobRecord, Any, list[Any], dict[str, Any], dict[str, Any], Any]] = {}
+        self._tables: dict[tuple[Any, ...], tuple[Any, dict[str, Any], list[str]]] = {}
+        self._layouts: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self._encoded: dict[str, tuple[list[Any], Any, list[Any], str]] = {}
 
     def experiment(self, name: str) -> ExperimentReader:
         return self.reader.experiment(name)
@@ -101,29 +104,40 @@ class Views:
         fixed = [rec.id, rec.status, rec.priority, rec.tags, rec.sweep_id, rec.attempts, rec.created_at,
                  rec.started_at, rec.finished_at, duration, epoch, rec.worker_id, rec.host,
                  (rec.error or {}).get("message")]
-        self._rows[rec.id] = (rec, live, fixed, params, metrics)
+        self._rows[rec.id] = (rec, live, fixed, params, metrics, (tuple(params), tuple(metrics)))
         return fixed, params, metrics
 
     def table(self, name: str, status: str | None = None, tags: str | None = None,
               sweep: str | None = None) -> tuple[Any, dict[str, Any]]:
         """The job table: ``columns`` (each with its ``kind``: job, param or metric) and one row
         per job in claim order; counts per state, the sweeps, and the queue's progress."""
-        er = self.experiment(name)
-        scan = er.scan()
-        records = select(scan.records, status, tags, sweep)
-        lives = [None if rec.status == "completed" and rec.result else er.latest(rec) for rec in records]
-        key = (name, scan.signature, status, tags, sweep, tuple(id(live) for live in lives if live is not None))
+        scan, records, lives, key = self._selection(name, status, tags, sweep)
         hit = self._tables.get(key[0:1] + key[2:5])
         if hit is not None and hit[0] == key:
-            return hit
+            return hit[0], hit[1]
         built = [self._row(rec, live) for rec, live in zip(records, lives, strict=True)]
         param_keys: dict[str, None] = {}
         metric_keys: dict[str, None] = {}
-        for _, params, metrics in built:
-            param_keys.update(dict.fromkeys(params))
-            metric_keys.update(dict.fromkeys(metrics))
-        pk, mk = list(param_keys), list(metric_keys)
-        rows = [fixed + [params.get(k) for k in pk] + [metrics.get(k) for k in mk] for fixed, params, metrics in built]
+        rows_cache = self._rows
+        for shape in dict.fromkeys(rows_cache[rec.id][5] for rec in records):  # jobs share a few shapes
+            param_keys.update(dict.fromkeys(shape[0]))
+            metric_keys.update(dict.fromkeys(shape[1]))
+        layout = (tuple(param_keys), tuple(metric_keys))
+        if layout == self._layouts.get(name):
+            layout = self._layouts[name]  # the same object, so rows can check it by identity
+        self._layouts[name] = layout
+        pk, mk = layout
+        rows, encoded = [], []
+        for rec, (fixed, params, metrics) in zip(records, built, strict=True):
+            # Each row is laid out and JSON-encoded once, until its job or the columns change:
+            # a table of 10,000 jobs of which one changed costs one row's work, not 10,000.
+            hit = self._encoded.get(rec.id)
+            if hit is None or hit[0] is not fixed or hit[1] is not layout:
+                row = fixed + [params.get(k) for k in pk] + [metrics.get(k) for k in mk]
+                hit = (fixed, layout, row, json.dumps(row, separators=(",", ":"), default=str))
+                self._encoded[rec.id] = hit
+            rows.append(hit[2])
+            encoded.append(hit[3])
         columns = ([{"key": c, "kind": "job"} for c in JOB_COLUMNS] + [{"key": k, "kind": "param"} for k in pk]
                    + [{"key": k, "kind": "metric"} for k in mk])
         sweeps: dict[str, dict[str, Any]] = {}
@@ -142,8 +156,32 @@ class Views:
             "progress": progress, "problems": scan.problems[:20],
             "sweeps": sorted(({**s, "params": list(s["params"])} for s in sweeps.values()), key=lambda s: -s["created_at"]),
         }
-        self._tables[key[0:1] + key[2:5]] = (key, payload)
+        self._tables[key[0:1] + key[2:5]] = (key, payload, encoded)
         return key, payload
+
+    def _selection(self, name: str, status: str | None, tags: str | None,
+                   sweep: str | None) -> tuple[Any, list[JobRecord], list[dict[str, Any] | None], Any]:
+        """The scan, the selected records, the live metrics of those without a result, and the
+        table's key: the scan's signature, the filters and which live metrics were read."""
+        er = self.experiment(name)
+        scan = er.scan()
+        records = select(scan.records, status, tags, sweep)
+        lives = [None if rec.status == "completed" and rec.result else er.latest(rec) for rec in records]
+        key = (name, scan.signature, status, tags, sweep, tuple(id(live) for live in lives if live is not None))
+        return scan, records, lives, key
+
+    def table_key(self, name: str, status: str | None = None, tags: str | None = None,
+                  sweep: str | None = None) -> Any:
+        """What :meth:`table` would return as its key, without building the table."""
+        return self._selection(name, status, tags, sweep)[3]
+
+    def table_json(self, name: str, status: str | None = None, tags: str | None = None,
+                   sweep: str | None = None) -> tuple[Any, bytes]:
+        """:meth:`table` as JSON bytes, put together from the rows' cached encodings."""
+        key, payload = self.table(name, status, tags, sweep)
+        encoded = self._tables[key[0:1] + key[2:5]][2]
+        head = json.dumps({k: v for k, v in payload.items() if k != "rows"}, separators=(",", ":"), default=str)
+        return key, f'{head[:-1]},"rows":[{",".join(encoded)}]}}'.encode()
 
     def experiments(self) -> list[dict[str, Any]]:
         out = []

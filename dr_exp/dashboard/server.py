@@ -102,13 +102,15 @@ class App:
         self._lock = threading.Lock()
 
     def encoded(self, key: Any, build: Callable[[], Any]) -> tuple[str, bytes, bytes | None]:
-        """``(etag, json, gzipped json or None)`` for data identified by ``key``; built once per key."""
+        """``(etag, json, gzipped json or None)`` for data identified by ``key``; built once per
+        key. ``build`` returns the data, or its JSON encoding as bytes."""
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        body = json.dumps(build(), separators=(",", ":"), default=str).encode()
+        data = build()
+        body = data if isinstance(data, bytes) else json.dumps(data, separators=(",", ":"), default=str).encode()
         packed = gzip.compress(body, compresslevel=1) if len(body) >= GZIP_MIN else None
         etag = f'"{self.settings.nonce}-{hash(key) & 0xFFFFFFFFFFFF:x}"'
         with self._lock:
@@ -284,8 +286,8 @@ class Handler(BaseHTTPRequestHandler):
             self._json(200, views.status(rest[1]), extra)
         elif len(rest) == 3 and rest[0] == "experiments" and rest[2] == "jobs":
             filters = {k: query[k][0] if k in query else None for k in ("status", "tags", "sweep")}
-            key, table = views.table(rest[1], **filters)
-            self._cached_json(key, lambda: table)
+            key = views.table_key(rest[1], **filters)
+            self._cached_json(key, lambda: views.table_json(rest[1], **filters)[1])
         elif len(rest) == 4 and rest[0] == "experiments" and rest[2] == "jobs":
             self._json(200, views.job(rest[1], rest[3]), extra)
         elif len(rest) == 5 and rest[0] == "experiments" and rest[2] == "jobs" and rest[4] == "curves":
