@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,18 +61,26 @@ def check_out(out: str | os.PathLike[str], formats: Sequence[str] = FORMATS) -> 
     return path
 
 
-def _save(fig: Any, path: Path) -> None:
-    """Write the figure whole or not at all (temp file in the same directory, then rename)."""
+def write_output(path: Path, write: Callable[[str], None]) -> None:
+    """Write an output file whole or not at all: ``write(temp_path)``, then rename. The file gets
+    the usual permissions for a new file (0666 less the umask), not the temp file's 0600."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
-        fig.savefig(tmp, format=path.suffix[1:].lower(), bbox_inches="tight")
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except OSError as exc:
         raise ViewError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _save(fig: Any, path: Path) -> None:
+    write_output(path, lambda tmp: fig.savefig(tmp, format=path.suffix[1:].lower(), bbox_inches="tight"))
 
 
 def _matplotlib() -> Any:

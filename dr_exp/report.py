@@ -18,8 +18,7 @@ from dr_exp.dashboard.data import Reader
 from dr_exp.dashboard.payload import Views
 from dr_exp.dashboard.server import static_files
 from dr_exp.errors import ViewError
-from dr_exp.fileio import atomic_write
-from dr_exp.plot import check_out
+from dr_exp.plot import check_out, write_output
 
 
 @dataclass
@@ -62,8 +61,5 @@ def write_report(base_path: str | os.PathLike[str], experiment: str, out: str | 
         raise ViewError(f"no jobs match in experiment {experiment} (status={status or 'any'}, tags={tags or 'any'}); "
                         "nothing to report")
     html = render(bundle).encode()
-    try:
-        atomic_write(path, html, durable=False)
-    except OSError as exc:
-        raise ViewError(f"cannot write {out}: {exc.strerror or exc}") from None
+    write_output(path, lambda tmp: Path(tmp).write_bytes(html))
     return Written(path, len(bundle["table"]["rows"]), len(html))

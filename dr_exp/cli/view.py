@@ -80,9 +80,11 @@ def _file_name(text: str) -> str:
 @click.option("--token", envvar="DR_EXP_DASHBOARD_TOKEN", default=None,
               help="Require this token for every request (env DR_EXP_DASHBOARD_TOKEN). "
                    "Default off loopback: a fresh one, printed in the URL.")
+@click.option("--require-token", is_flag=True,
+              help="Need a token for every request on loopback too (a login node shared with other users).")
 @click.option("--allow-actions", is_flag=True, help="Allow cancel, retry and priority changes (they need the token).")
 @pass_ctx
-def dashboard(c: Context, host: str, port: int, token: str | None, allow_actions: bool) -> None:
+def dashboard(c: Context, host: str, port: int, token: str | None, require_token: bool, allow_actions: bool) -> None:
     """Serve a live web dashboard of the experiments under --base-path (read-only by default)."""
     from dr_exp.dashboard.server import Settings, is_loopback, run_forever, serve, urls
 
@@ -94,7 +96,8 @@ def dashboard(c: Context, host: str, port: int, token: str | None, allow_actions
         raise ViewError(f"--port {port} is not a port number (0-65535; 0 picks a free one)")
     loopback = is_loopback(host)
     default = c.experiment_name if c.experiment_name and (base / c.experiment_name / "jobs").is_dir() else None
-    settings = Settings(base_path=base, host=host, port=port, token=token, token_for_reads=bool(token) or not loopback,
+    settings = Settings(base_path=base, host=host, port=port, token=token,
+                        token_for_reads=bool(token) or require_token or not loopback,
                         allow_actions=allow_actions, default_experiment=default)
     server = serve(settings)
     for url in urls(server):

@@ -164,11 +164,17 @@ def test_token_is_required_off_loopback(site):  # noqa: F811
             assert fetch("GET", f"{base}api/experiments", headers={"Cookie": cookie})[0] == 200
     finally:
         stop(proc)
-    # On loopback, --token makes every request need it too.
+    # On loopback, --token (or --require-token, which makes one) makes every request need it too.
     proc, url, lines = start_dashboard(site.base, "--token", "s3cret-token")
     try:
         assert fetch("GET", f"{url}api/experiments")[0] == 401
         assert fetch("GET", f"{url}api/experiments", headers={"X-DrExp-Token": "s3cret-token"})[0] == 200
+    finally:
+        stop(proc)
+    proc, url, lines = start_dashboard(site.base, "--require-token")
+    try:
+        assert fetch("GET", f"{url}experiments/exp/status")[0] == 401
+        assert fetch("GET", f"{url}experiments/exp/status?token={token_of(lines)}")[0] == 200
     finally:
         stop(proc)
 

@@ -6,6 +6,7 @@ With DR_EXP_SCREENSHOTS=1 the curve plot is also copied to docs/plot.png for the
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
@@ -42,6 +43,9 @@ def test_curves_png_has_one_line_per_job(site, tmp_path):  # noqa: F811
     assert said.strip() == f"wrote {out}: val/acc per epoch, 6 jobs (6 jobs)"
     with Image.open(out) as img:
         assert img.format == "PNG" and img.width >= 800 and img.height >= 400
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # a new file's usual mode, not a temp file's 0600
     counts = colour_counts(out)
     assert len(counts) > 50  # not blank: axes, text, lines
     white = counts.get((255, 255, 255), 0)

@@ -41,6 +41,12 @@
     if (s < 3600) return `${Math.floor(s / 60)}m${pad(s % 60)}s`;
     return `${Math.floor(s / 3600)}h${pad(Math.floor(s % 3600 / 60))}m`;
   }
+  function fmtSize(n) {
+    const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return `${i ? n.toFixed(1) : n} ${units[i]}`;
+  }
   const fmtInt = n => String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ',');
   function fmtVal(v) {
     if (v === null || v === undefined) return '-';
@@ -452,7 +458,7 @@
       history.replaceChildren(h('table', { class: 'small' }, h('tr', {}, h('th', { text: 'time' }), h('th', { text: 'change' }), h('th', { text: 'why' })),
         (r.history || []).map(x => h('tr', {}, h('td', { text: fmtTime(x.time || x.at) }), h('td', { text: `${x.from || ''} → ${x.to || x.status || ''}` }), h('td', { text: x.reason || '' })))));
       ckpts.replaceChildren(job.checkpoints.length ? h('table', { class: 'small' }, h('tr', {}, h('th', { text: 'file' }), h('th', { text: 'size' }), h('th', { text: 'written' })),
-        job.checkpoints.map(c => h('tr', {}, h('td', {}, h('code', { text: c.path })), h('td', { text: `${(c.size / 1048576).toFixed(2)} MiB` }), h('td', { text: fmtTime(c.mtime) }))))
+        job.checkpoints.map(c => h('tr', {}, h('td', {}, h('code', { text: c.path })), h('td', { text: fmtSize(c.size) }), h('td', { text: fmtTime(c.mtime) }))))
         : h('p', { class: 'muted', text: 'no checkpoints' }));
       events.replaceChildren(h('table', { class: 'small' }, (job.events || []).slice().reverse().map(ev => {
         const rest = Object.fromEntries(Object.entries(ev).filter(([k]) => !['time', 'event', 'job_id', 'worker_id'].includes(k)));
