@@ -5,11 +5,15 @@ from __future__ import annotations
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from dr_exp.cli.main import Context, cli, pass_ctx
 from dr_exp.errors import ViewError
+
+if TYPE_CHECKING:
+    from dr_exp.dashboard.data import ExperimentReader
 
 _SELECT = [
     click.option("--sweep", "sweep", default=None, help="Only this sweep (an id or a prefix of one)."),
@@ -24,7 +28,7 @@ def select_options(func):  # type: ignore[no-untyped-def]
     return func
 
 
-def _reader(c: Context):  # type: ignore[no-untyped-def]
+def _reader(c: Context) -> ExperimentReader:
     from dr_exp.dashboard.data import Reader
 
     return Reader(c.base_path or ".").experiment(c.experiment_name or "")

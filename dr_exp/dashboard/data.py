@@ -150,6 +150,10 @@ class ExperimentReader:
             # Claim order (priority, then submission), sorted on keys kept with each record.
             records = [rec for _, rec in sorted((order, rec) for _, rec, order in fresh.values() if rec is not None)]
             self._scan = Scan(records, signature, problems)
+            if len(self._logs) + len(self._tails) > 4 * len(records) + 100:  # forget removed jobs
+                ids = {rec.id for rec in records}
+                self._logs = {k: v for k, v in self._logs.items() if k[0] in ids}
+                self._tails = {k: v for k, v in self._tails.items() if k in ids}
             return self._scan
 
     def _read_record(self, path: str, name: str) -> JobRecord | None:

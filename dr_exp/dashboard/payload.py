@@ -9,6 +9,7 @@ the server can answer from a cache (and with ``304 Not Modified``) while nothing
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -81,6 +82,8 @@ class Views:
         self._tables: dict[tuple[Any, ...], tuple[Any, dict[str, Any], list[str]]] = {}
         self._layouts: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._encoded: dict[str, tuple[list[Any], Any, list[Any], str]] = {}
+        self._ids: dict[str, set[str]] = {}  # per experiment, its jobs at the last table build
+        self._lock = threading.RLock()
 
     def experiment(self, name: str) -> ExperimentReader:
         return self.reader.experiment(name)
@@ -111,6 +114,10 @@ class Views:
               sweep: str | None = None) -> tuple[Any, dict[str, Any]]:
         """The job table: ``columns`` (each with its ``kind``: job, param or metric) and one row
         per job in claim order; counts per state, the sweeps, and the queue's progress."""
+        with self._lock:  # one build at a time; a second caller then finds it done
+            return self._table(name, status, tags, sweep)
+
+    def _table(self, name: str, status: str | None, tags: str | None, sweep: str | None) -> tuple[Any, dict[str, Any]]:
         scan, records, lives, key = self._selection(name, status, tags, sweep)
         hit = self._tables.get(key[0:1] + key[2:5])
         if hit is not None and hit[0] == key:
@@ -157,6 +164,12 @@ class Views:
             "sweeps": sorted(({**s, "params": list(s["params"])} for s in sweeps.values()), key=lambda s: -s["created_at"]),
         }
         self._tables[key[0:1] + key[2:5]] = (key, payload, encoded)
+        self._ids[name] = {r.id for r in scan.records}
+        if len(self._rows) > 2 * sum(map(len, self._ids.values())) + 100:  # forget removed jobs
+            known = set().union(*self._ids.values())
+            for cache in (self._rows, self._encoded):
+                for job_id in [k for k in cache if k not in known]:
+                    del cache[job_id]
         return key, payload
 
     def _selection(self, name: str, status: str | None, tags: str | None,
@@ -178,8 +191,9 @@ class Views:
     def table_json(self, name: str, status: str | None = None, tags: str | None = None,
                    sweep: str | None = None) -> tuple[Any, bytes]:
         """:meth:`table` as JSON bytes, put together from the rows' cached encodings."""
-        key, payload = self.table(name, status, tags, sweep)
-        encoded = self._tables[key[0:1] + key[2:5]][2]
+        with self._lock:
+            key, payload = self.table(name, status, tags, sweep)
+            encoded = self._tables[key[0:1] + key[2:5]][2]
         head = json.dumps({k: v for k, v in payload.items() if k != "rows"}, separators=(",", ":"), default=str)
         return key, f'{head[:-1]},"rows":[{",".join(encoded)}]}}'.encode()
 
