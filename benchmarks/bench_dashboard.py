@@ -29,6 +29,7 @@ from pathlib import Path
 
 from benchmarks.common import machine, pct, table
 from dr_exp.api import Experiment
+from dr_exp.dashboard.payload import SCAN_MAX_AGE
 from dr_exp.job import JobRecord
 
 
@@ -79,6 +80,11 @@ def _get(url: str, headers: dict[str, str] | None = None) -> tuple[float, bytes]
     except urllib.error.HTTPError as exc:  # 304 Not Modified
         body = exc.read()
     return (time.perf_counter() - t0) * 1000, body
+
+
+def _aged() -> bool:
+    time.sleep(SCAN_MAX_AGE + 0.1)
+    return True
 
 
 def _touch_one(exp: Experiment) -> None:
@@ -148,17 +154,22 @@ def main() -> None:
         cold, body = _get(f"{api}/jobs")
         table_rows = len(json.loads(body)["rows"])
         assert table_rows == args.jobs, table_rows
-        warm = [_get(f"{api}/jobs")[0] for _ in range(args.rounds)]
-        gz = [_get(f"{api}/jobs", {"Accept-Encoding": "gzip"}) for _ in range(args.rounds)]
+        # Each timed request comes after the server's scan has aged out (SCAN_MAX_AGE), as a
+        # browser's poll every 2 s does: these include a fresh pass over the 10,000 records.
+        polls_n = min(args.rounds, 10)
+        warm = [_get(f"{api}/jobs")[0] for _ in range(polls_n) if _aged()]
+        gz = [_get(f"{api}/jobs", {"Accept-Encoding": "gzip"}) for _ in range(polls_n) if _aged()]
         etag = urllib.request.urlopen(f"{api}/jobs", timeout=60).headers["ETag"]
-        polls = [_get(f"{api}/jobs", {"If-None-Match": etag})[0] for _ in range(args.rounds)]
+        polls = [_get(f"{api}/jobs", {"If-None-Match": etag})[0] for _ in range(polls_n) if _aged()]
         changed = []
-        for _ in range(min(args.rounds, 10)):
+        for _ in range(polls_n):
             _touch_one(exp)
+            _aged()
             changed.append(_get(f"{api}/jobs")[0])
+        again = [_get(f"{api}/jobs")[0] for _ in range(args.rounds)]
         rows.append({"what": f"job table JSON, {args.jobs} jobs ({len(body) / 1e6:.1f} MB), cold", "ms": f"{cold:.0f}",
                      "target": "-"})
-        rows.append({"what": "job table JSON, warm, unchanged (median / p90)",
+        rows.append({"what": "job table JSON, warm, unchanged, a poll every 2 s (median / p90)",
                      "ms": f"{statistics.median(warm):.0f} / {pct(warm, 90):.0f}", "target": "≤ 300"})
         rows.append({"what": f"  the same gzipped ({len(gz[0][1]) / 1e6:.2f} MB), as browsers ask (median / p90)",
                      "ms": f"{statistics.median(g[0] for g in gz):.0f} / {pct([g[0] for g in gz], 90):.0f}", "target": "≤ 300"})
@@ -166,6 +177,8 @@ def main() -> None:
                      "ms": f"{statistics.median(polls):.0f} / {pct(polls, 90):.0f}", "target": "-"})
         rows.append({"what": "  after one job changed (table rebuilt), median / p90",
                      "ms": f"{statistics.median(changed):.0f} / {pct(changed, 90):.0f}", "target": "≤ 300"})
+        rows.append({"what": "  several requests within a second (one scan shared), median / p90",
+                     "ms": f"{statistics.median(again):.0f} / {pct(again, 90):.0f}", "target": "-"})
         ids = [r.id for r in exp.list()[: args.rounds]]
         first = [_get(f"{api}/jobs/{job_id}/curves")[0] for job_id in ids]
         again = [_get(f"{api}/jobs/{job_id}/curves")[0] for job_id in ids]

@@ -53,24 +53,27 @@ def measure(records: Iterable[JobRecord], now: float | None = None, window: floa
     ``window`` seconds, timed from the earliest start among them and the running ones; the time
     to drain the pending and running jobs at that rate."""
     now = time.time() if now is None else now
-    state = QueueState()
+    counts = dict.fromkeys(_COUNTED, 0)
     ended = 0
     first_start = now
     last_end = 0.0
+    since = now - window
     for rec in records:
         status = rec.status
-        if status in _COUNTED:
-            setattr(state, status, getattr(state, status) + 1)
-        if status == "running" and rec.started_at:
-            first_start = min(first_start, rec.started_at)
-        elif status in ("completed", "failed") and rec.finished_at and rec.finished_at >= now - window:
+        if status in counts:
+            counts[status] += 1
+        if status == "running":
+            if rec.started_at:
+                first_start = min(first_start, rec.started_at)
+        elif (status == "completed" or status == "failed") and rec.finished_at and rec.finished_at >= since:
             ended += 1
             last_end = max(last_end, rec.finished_at)
             if rec.started_at:
                 first_start = min(first_start, rec.started_at)
+    state = QueueState(**counts)
     # While jobs are left the clock runs until now; once drained, until the last job ended.
     end = now if state.pending or state.running else last_end
-    span = end - max(first_start, now - window)
+    span = end - max(first_start, since)
     if ended and span > 0:
         state.jobs_per_minute = ended / span * 60.0
         state.eta_seconds = (state.pending + state.running) / state.jobs_per_minute * 60.0

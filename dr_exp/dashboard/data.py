@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,7 @@ class ExperimentReader:
         self._records: dict[str, tuple[Stamp, JobRecord | None, tuple[int, int, str]]] = {}
         self._bad: dict[str, str] = {}
         self._scan: Scan | None = None
+        self._scanned_at = 0.0
         self._logs: dict[tuple[str, str], JsonlLog] = {}
         self._tails: dict[str, tuple[Stamp, dict[str, Any]]] = {}
 
@@ -113,8 +115,13 @@ class ExperimentReader:
         return self.layout.jobs_dir.is_dir()
 
     # -- records -------------------------------------------------------------------------------
-    def scan(self) -> Scan:
-        """Every readable record, re-reading only the files that changed since the last scan."""
+    def scan(self, max_age: float = 0.0) -> Scan:
+        """Every readable record, re-reading only the files that changed since the last scan.
+        With ``max_age``, a scan finished less than that many seconds ago is good enough (several
+        views of one request, or several browsers polling, then share one pass over the files)."""
+        with self._lock:
+            if max_age and self._scan is not None and time.monotonic() - self._scanned_at < max_age:
+                return self._scan
         jobs = str(self.layout.jobs_dir)
         try:
             names = os.listdir(jobs)
@@ -144,6 +151,7 @@ class ExperimentReader:
                 if hit[1] is None:
                     problems.append(self._bad.get(name, f"{path}: unreadable record"))
             self._records = fresh
+            self._scanned_at = time.monotonic()
             signature &= 0xFFFFFFFFFFFFFFFF
             if self._scan is not None and self._scan.signature == signature:
                 return self._scan

@@ -26,6 +26,9 @@ from dr_exp.state import Status
 JOB_COLUMNS = ("id", "status", "priority", "tags", "sweep_id", "attempts", "created_at", "started_at",
                "finished_at", "duration", "epoch", "worker_id", "host", "error")
 MAX_STEP_POINTS = 2000
+# The job table may be up to this old (s): a poll's key and the table it then builds, and
+# browsers polling together, share one pass over the records.
+SCAN_MAX_AGE = 1.0
 GROUP_BY = ("epoch", "job")
 STATES = frozenset(s.value for s in Status)
 
@@ -82,7 +85,7 @@ class Views:
         self._tables: dict[tuple[Any, ...], tuple[Any, dict[str, Any], list[str]]] = {}
         self._layouts: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._encoded: dict[str, tuple[list[Any], Any, list[Any], str]] = {}
-        self._ids: dict[str, set[str]] = {}  # per experiment, its jobs at the last table build
+        self._sizes: dict[str, int] = {}  # per experiment, its jobs at the last table build
         self._lock = threading.RLock()
 
     def experiment(self, name: str) -> ExperimentReader:
@@ -149,7 +152,7 @@ class Views:
                    + [{"key": k, "kind": "metric"} for k in mk])
         sweeps: dict[str, dict[str, Any]] = {}
         for rec in scan.records:
-            if rec.sweep_id:
+            if rec.sweep_id is not None:
                 s = sweeps.get(rec.sweep_id)
                 if s is None:
                     s = sweeps[rec.sweep_id] = {"id": rec.sweep_id, "jobs": 0, "params": {}, "created_at": rec.created_at}
@@ -164,9 +167,9 @@ class Views:
             "sweeps": sorted(({**s, "params": list(s["params"])} for s in sweeps.values()), key=lambda s: -s["created_at"]),
         }
         self._tables[key[0:1] + key[2:5]] = (key, payload, encoded)
-        self._ids[name] = {r.id for r in scan.records}
-        if len(self._rows) > 2 * sum(map(len, self._ids.values())) + 100:  # forget removed jobs
-            known = set().union(*self._ids.values())
+        self._sizes[name] = len(scan.records)
+        if len(self._rows) > 2 * sum(self._sizes.values()) + 100:  # forget removed jobs
+            known = {r.id for n in self._sizes for r in self.experiment(n).scan(max_age=3600).records}
             for cache in (self._rows, self._encoded):
                 for job_id in [k for k in cache if k not in known]:
                     del cache[job_id]
@@ -177,7 +180,7 @@ class Views:
         """The scan, the selected records, the live metrics of those without a result, and the
         table's key: the scan's signature, the filters and which live metrics were read."""
         er = self.experiment(name)
-        scan = er.scan()
+        scan = er.scan(max_age=SCAN_MAX_AGE)
         records = select(scan.records, status, tags, sweep)
         lives = [None if rec.status == "completed" and rec.result else er.latest(rec) for rec in records]
         key = (name, scan.signature, status, tags, sweep, tuple(id(live) for live in lives if live is not None))

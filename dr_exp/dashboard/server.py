@@ -101,23 +101,25 @@ class App:
         self._cache: OrderedDict[Any, tuple[str, bytes, bytes | None]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def encoded(self, key: Any, build: Callable[[], Any]) -> tuple[str, bytes, bytes | None]:
+    def encoded(self, key: Any, build: Callable[[], Any], gzipped: bool) -> tuple[str, bytes, bytes | None]:
         """``(etag, json, gzipped json or None)`` for data identified by ``key``; built once per
-        key. ``build`` returns the data, or its JSON encoding as bytes."""
+        key (gzipped once, when a client first asks for it). ``build`` returns the data, or its
+        JSON encoding as bytes."""
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
-                return hit
-        data = build()
-        body = data if isinstance(data, bytes) else json.dumps(data, separators=(",", ":"), default=str).encode()
-        packed = gzip.compress(body, compresslevel=1) if len(body) >= GZIP_MIN else None
-        etag = f'"{self.settings.nonce}-{hash(key) & 0xFFFFFFFFFFFF:x}"'
+        if hit is None:
+            data = build()
+            body = data if isinstance(data, bytes) else json.dumps(data, separators=(",", ":"), default=str).encode()
+            hit = (f'"{self.settings.nonce}-{hash(key) & 0xFFFFFFFFFFFF:x}"', body, None)
+        if gzipped and hit[2] is None and len(hit[1]) >= GZIP_MIN:
+            hit = (hit[0], hit[1], gzip.compress(hit[1], compresslevel=1))
         with self._lock:
-            self._cache[key] = (etag, body, packed)
+            self._cache[key] = hit
             while len(self._cache) > 64:
                 self._cache.popitem(last=False)
-        return etag, body, packed
+        return hit
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -149,7 +151,7 @@ class Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(data, separators=(",", ":"), default=str).encode(), "application/json", headers)
 
     def _cached_json(self, key: Any, build: Callable[[], Any]) -> None:
-        etag, body, packed = self.server.app.encoded(key, build)
+        etag, body, packed = self.server.app.encoded(key, build, "gzip" in self.headers.get("Accept-Encoding", ""))
         if self.headers.get("If-None-Match") == etag:
             self.send_response(304)
             self.send_header("ETag", etag)
