@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
 from pathlib import Path
@@ -96,6 +97,9 @@ def dashboard(c: Context, host: str, port: int, token: str | None, require_token
     if not base.is_dir():
         raise ViewError(f"base path {base} does not exist; pass the directory that holds your experiments "
                         "with --base-path (or DR_EXP_BASE_PATH)")
+    if token is not None and not re.fullmatch(r"[A-Za-z0-9._~-]{8,}", token):
+        raise ViewError("--token must be at least 8 letters, digits or ._~- (it travels in URLs and a cookie); "
+                        "leave it out to get a random one")
     if not 0 <= port <= 65535:
         raise ViewError(f"--port {port} is not a port number (0-65535; 0 picks a free one)")
     loopback = is_loopback(host)

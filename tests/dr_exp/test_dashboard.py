@@ -382,6 +382,7 @@ def test_dashboard_and_report_bad_input(site, tmp_path):  # noqa: F811
         port = taken.getsockname()[1]
         assert "is in use" in one_error_line(run_cli("dashboard", "--port", str(port), base=site.base, timeout=30))
     assert "does not exist" in one_error_line(run_cli("dashboard", base=tmp_path / "nowhere", timeout=30))
+    assert "--token must be" in one_error_line(run_cli("dashboard", "--token", "a b;c", base=site.base, timeout=30))
     assert "cannot listen on" in one_error_line(run_cli("dashboard", "--host", "192.0.2.1", "--port", "0",
                                                         base=site.base, timeout=30))
     blocker = tmp_path / "a-file"
