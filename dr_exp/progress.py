@@ -188,21 +188,19 @@ def watch(base_path: str | os.PathLike[str], experiment: str, interval: float = 
     running): a live line on a terminal, else one line whenever the counts change."""
     from dr_exp.dashboard.data import ExperimentReader
 
-    live = sys.stdout.isatty()
-    line: LiveLine | None = LiveLine(base_path, experiment, interval, stream=sys.stdout) if live else None
-    reader = ExperimentReader(base_path, experiment)
+    line = LiveLine(base_path, experiment, interval, stream=sys.stdout) if sys.stdout.isatty() else None
+    reader = line.reader if line is not None else ExperimentReader(base_path, experiment)
     state: QueueState | None = None
-    last: list[str] = []
+    last: tuple[int, ...] = ()
     try:
         while True:
             if line is not None:
                 state = line.tick(force=True)
             else:
                 state = measure(reader.scan().records)
-                text = describe(state)
-                counts = text.split(" · ")[:5]  # a new line when the counts change, not the rate
-                if counts != last:
-                    echo(text)
+                counts = (state.pending, state.running, state.completed, state.failed, state.cancelled)
+                if counts != last:  # a new line when the counts change, not with every new rate
+                    echo(describe(state))
                     last = counts
             if until_done and state is not None and state.drained:
                 return state
