@@ -44,6 +44,12 @@ def served(site):  # noqa: F811
         stop(proc)
 
 
+def page_of(browser, width: int = 1280, height: int = 900):  # noqa: F811
+    """A page that lets the test's own scripts run: playwright's waits evaluate strings, which
+    the dashboard's Content-Security-Policy (no eval) would refuse."""
+    return browser.new_page(viewport={"width": width, "height": height}, bypass_csp=True)
+
+
 # -- the JSON API ------------------------------------------------------------------------------
 def test_api_serves_table_job_curves_status_and_queries(site, served):  # noqa: F811
     status, names, _ = fetch("GET", f"{served}api/experiments")
@@ -179,9 +185,9 @@ def test_token_is_required_off_loopback(site):  # noqa: F811
         stop(proc)
 
 
-def test_actions_need_allow_actions_and_the_token(site, served, browser, tmp_path):  # noqa: F811
+def test_actions_need_allow_actions_and_the_token(site, served):  # noqa: F811
     exp = Experiment(site.base, "acts")
-    ids = [r.id for r in exp.submit_configs([{"_target_": CURVE_TARGET, "seed": i} for i in range(3)]).submitted]
+    ids = [r.id for r in exp.submit_configs([{"_target_": CURVE_TARGET, "seed": i} for i in range(2)]).submitted]
     status, err, _ = fetch("POST", f"{served}api/experiments/acts/jobs/{ids[0]}/cancel", {},
                           headers={"Authorization": "Bearer anything"})
     assert status == 403 and "read-only" in err["error"]
@@ -210,13 +216,20 @@ def test_actions_need_allow_actions_and_the_token(site, served, browser, tmp_pat
         assert fetch("POST", prio, {"priority": "high"}, headers={"X-DrExp-Token": token})[0] == 400
         status, err, _ = fetch("POST", prio, {"priority": 5000}, headers={"X-DrExp-Token": token})
         assert status == 409 and "out of range" in err["error"]
+    finally:
+        stop(proc)
 
-        # In the browser: opened through the printed URL, the page's cancel button works.
+
+def test_cancel_button_through_the_printed_url(site, browser):  # noqa: F811
+    exp = Experiment(site.base, "clicks")
+    job_id = exp.submit_configs([{"_target_": CURVE_TARGET, "seed": 7}]).submitted[0].id
+    proc, url, lines = start_dashboard(site.base, "--allow-actions")
+    try:
         page = page_of(browser)
-        page.goto(f"{url}?token={token}#/x/acts/job/{ids[2]}")
+        page.goto(f"{url}?token={token_of(lines)}#/x/clicks/job/{job_id}")
         page.click("#act-cancel")
         page.wait_for_selector(".jobhead .badge.st-cancelled", timeout=15000)
-        assert exp.get(ids[2]).status == "cancelled"
+        assert exp.get(job_id).status == "cancelled"
         assert "token=" not in page.url  # the token does not linger in the address bar or history
         page.close()
     finally:
@@ -234,12 +247,6 @@ def raw_request(url: str, method: str, path: str, body: bytes, headers: dict[str
 
 
 # -- the page in a browser --------------------------------------------------------------------
-def page_of(browser, width: int = 1280, height: int = 900):  # noqa: F811
-    """A page that lets the test's own scripts run: playwright's waits evaluate strings, which
-    the dashboard's Content-Security-Policy (no eval) would refuse."""
-    return browser.new_page(viewport={"width": width, "height": height}, bypass_csp=True)
-
-
 def shown_ids(page) -> set[str]:
     return set(page.eval_on_selector_all(".jobrow", "rows => rows.map(r => r.dataset.id)"))
 
