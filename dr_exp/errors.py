@@ -54,3 +54,8 @@ class CorruptFile(DrExpError):
         super().__init__(f"{message}; the file was damaged (disk full or a crash?): "
                          "inspect it, or move it aside to start it afresh")
         self.path = path
+
+
+class ViewError(DrExpError):
+    """A plot, dashboard or report cannot be made as asked: an unknown experiment, sweep, metric
+    or parameter, an output file that cannot be written, a port that is taken."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from dr_exp.api import Experiment
 from dr_exp.errors import DrExpError
 from dr_exp.logging.files import attach_log_file
+from dr_exp.progress import foreground_line
 
 FORWARDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 HEALTHY_SECONDS = 60.0  # a worker that ran this long before dying restarts with the shortest back-off
@@ -116,6 +117,9 @@ class Launcher:
                       ",".join(s.gpu for s in self.slots if s.gpu is not None) or "none")
         for slot in self.slots:
             self._spawn(slot, self.opts.max_hours)
+        # A live line (pending/running/done/failed, jobs/min, time to drain) when run in the
+        # foreground of a terminal; a no-op under sbatch, nohup or `&`.
+        progress = foreground_line(self.exp.store.base_path, self.exp.name)
         stopping = False
         forwarded = 0
         failures = 0
@@ -168,7 +172,9 @@ class Launcher:
                 alive += 1
             if alive == 0:
                 break
+            progress.tick()
             time.sleep(0.2)
+        progress.close()
         if stopping and self.signals and self.opts.requeue_allocation:
             self._requeue_allocation()
         self.log.info("launcher %s exits (%d worker deaths)", self.launcher_id, failures)

@@ -4,7 +4,8 @@
 #
 # As root, it also installs (if needed) and starts a private single-node SLURM for the tests
 # marked `slurm`, and stops it afterwards; otherwise those tests skip with the reason. Set
-# DR_EXP_NO_SLURM=1 to skip them on purpose. Under CI (CI=true) SLURM must come up.
+# DR_EXP_NO_SLURM=1 to skip them on purpose. Under CI (CI=true) SLURM must come up. Likewise,
+# as root it installs chromium for the dashboard's browser tests (DR_EXP_NO_BROWSER=1: don't).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -20,6 +21,15 @@ if [ "$(id -u)" = 0 ] && [ -z "${DR_EXP_NO_SLURM:-}" ]; then
   elif [ "${CI:-}" = "true" ]; then
     echo "could not start SLURM for the slurm tests" >&2
     exit 1
+  fi
+fi
+
+# The dashboard's browser tests drive the system's chromium (playwright downloads nothing). As root,
+# install it if missing; elsewhere those tests skip and say why. DR_EXP_NO_BROWSER=1 skips this.
+if [ "$(id -u)" = 0 ] && [ -z "${DR_EXP_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "installing chromium for the browser tests" >&2
+  if ! { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; then
+    echo "could not install chromium; the browser tests will skip" >&2
   fi
 fi
 

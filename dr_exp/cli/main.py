@@ -41,9 +41,21 @@ def cli(ctx: click.Context, base_path: str, experiment: str) -> None:
 
 
 @cli.command()
+@click.option("--watch", is_flag=True,
+              help="Follow the queue until Ctrl-C: pending/running/done/failed, jobs per minute, time to drain.")
+@click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between updates of --watch.")
+@click.option("--until-done", is_flag=True, help="With --watch: stop once nothing is pending or running.")
 @pass_ctx
-def status(c: Context) -> None:
-    """Counts of jobs per state in the experiment."""
+def status(c: Context, watch: bool, interval: float, until_done: bool) -> None:
+    """Counts of jobs per state in the experiment (--watch: a live line)."""
+    if watch:
+        from dr_exp.progress import watch as follow
+
+        if interval <= 0:
+            raise DrExpError(f"--interval {interval:g} must be a positive number of seconds")
+        c.exp.require()
+        follow(c.exp.store.base_path, c.exp.name, interval, until_done, echo=click.echo)
+        return
     problems: list[str] = []
     counts = c.exp.counts(problems)
     click.echo(f"experiment {c.exp.name} at {c.exp.store.root}")
@@ -77,7 +89,7 @@ def validate(c: Context, fix: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     # Importing the command modules registers their commands on `cli`.
-    from dr_exp.cli import job, results, sync, system  # noqa: F401
+    from dr_exp.cli import job, results, sync, system, view  # noqa: F401
 
     try:
         cli.main(args=argv, prog_name="dr_exp", standalone_mode=False)
