@@ -104,6 +104,64 @@ def drain_rate(base: Path, procs: int, jobs: int, rounds: int) -> dict:
             "vs_kombu": f"{kombu_s / swap_s:.2f}"}
 
 
+_COUNTED = ("rename", "replace", "stat", "lstat", "open", "listdir", "utime", "unlink", "fstat", "pwrite", "write")
+
+
+def fs_ops_per_claim(base: Path, pending: int, claims: int) -> tuple[dict[str, float], int]:
+    """Filesystem operations of one claim + completion, counted by wrapping the os functions in
+    this process (after one listing), and the directory entries one re-list reads."""
+    exp = Experiment(base, f"ops-{uuid.uuid4().hex[:8]}")
+    populate(exp, pending)
+    exp.claim("warm")  # the listing, counted separately
+    counts = dict.fromkeys(_COUNTED, 0)
+    originals = {name: getattr(os, name) for name in _COUNTED}
+
+    def counted(name):  # type: ignore[no-untyped-def]
+        real = originals[name]
+
+        def call(*a, **kw):  # type: ignore[no-untyped-def]
+            counts[name] += 1
+            return real(*a, **kw)
+        return call
+
+    for name in _COUNTED:
+        setattr(os, name, counted(name))
+    try:
+        for _ in range(claims):
+            attempt = exp.claim("w", refresh_seconds=2.0)
+            exp.complete(attempt, {"metrics": {}})
+    finally:
+        for name, real in originals.items():
+            setattr(os, name, real)
+    return {k: v / claims for k, v in counts.items() if v}, len(exp.store.list_markers())
+
+
+def metadata_model(per_claim: dict[str, float], workers: int, pending: int, job_minutes: float,
+                   submits_per_hour: float, refresh_seconds: float = 2.0) -> list[dict]:
+    """Metadata operations per second on one file server: ``workers`` claiming workers over
+    ``pending`` jobs, each job running ``job_minutes``, new jobs submitted ``submits_per_hour``
+    times an hour. Before: every worker re-lists the queue every ``refresh_seconds``. After:
+    each worker opens one "job added" signal per resource class every ``refresh_seconds`` and
+    re-lists only when it changed. Both walk past entries other workers took (one lstat each;
+    about one per claim made elsewhere since this worker's last claim)."""
+    claims_per_s = workers / (job_minutes * 60)
+    per_claim_ops = sum(per_claim.values())
+    # A free worker walks past the entries claimed elsewhere since its own last claim.
+    stale = claims_per_s * (claims_per_s * job_minutes * 60)
+    before = {"relist_entries_per_s": workers * pending / refresh_seconds,
+              "signal_opens_per_s": 0.0}
+    after = {"relist_entries_per_s": workers * pending * submits_per_hour / 3600,
+             "signal_opens_per_s": workers / refresh_seconds}
+    rows = []
+    for name, part in (("re-list every 2 s", before), ("change signal", after)):
+        total = part["relist_entries_per_s"] + part["signal_opens_per_s"] + claims_per_s * per_claim_ops + stale
+        rows.append({"claim path": name, "readdir_entries_per_s": f"{part['relist_entries_per_s']:,.0f}",
+                     "signal_opens_per_s": f"{part['signal_opens_per_s']:,.0f}",
+                     "claim_ops_per_s": f"{claims_per_s * per_claim_ops:,.0f}",
+                     "stale_lstats_per_s": f"{stale:,.0f}", "total_per_s": f"{total:,.0f}"})
+    return rows
+
+
 def _jobs(n: int, round_: int) -> list[dict]:
     out = []
     for i in range(n):
@@ -166,6 +224,13 @@ def main() -> None:
         print("\ndrain rate: claim + complete no-op jobs through the Python API, vs Celery's filesystem broker")
         print(table(drains, ["processes", "jobs", "rounds", "jobs_per_s", "min_max_jobs_per_s",
                              "without_swap_jobs_per_s", "kombu_jobs_per_s", "vs_kombu"]))
+        ops, _ = fs_ops_per_claim(base, args.big, 500)
+        print(f"\nfilesystem operations per claim + completion ({args.big} pending, after the first listing)")
+        print(table([{k: f"{v:.2f}" for k, v in ops.items()}], list(ops)))
+        print("\nmodelled metadata load on one file server: 1,000 workers, 50,000 pending jobs, 10-minute jobs, "
+              "a submit every 10 minutes")
+        model = metadata_model(ops, 1000, 50_000, 10.0, 6.0)
+        print(table(model, list(model[0])))
         sub = submit_rate(base, args.submit, args.rounds)
         print("\nsubmit rate: one batch, durable when the call returns, vs Celery's filesystem broker")
         print(table([sub], ["jobs", "rounds", "dr_exp_jobs_per_s", "min_max", "kombu_jobs_per_s", "vs_kombu"]))

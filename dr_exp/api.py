@@ -16,6 +16,7 @@ Nothing here prints.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -179,6 +180,7 @@ class Experiment:
             attempts = max_attempts or _positive_int(config.pop("max_attempts", None), "max_attempts") \
                 or DEFAULT_MAX_ATTEMPTS
             limit = timeout or _positive_number(config.pop("timeout", None), "timeout")
+            resources = resources_of(config)
             job_id = str(uuid.uuid4())
             canonical = c.canonical if c.canonical is not None else canonical_json(config)
             record = JobRecord(
@@ -186,7 +188,7 @@ class Experiment:
                 priority=priority, tags=list(tags),
                 config_path=c.config_path or None, config_name=c.config_name or None, overrides=c.overrides,
                 sweep_id=sweep_id, sweep_params=c.sweep_params, max_attempts=attempts, timeout=limit,
-                max_worker_losses=max_worker_losses or DEFAULT_MAX_WORKER_LOSSES,
+                max_worker_losses=max_worker_losses or DEFAULT_MAX_WORKER_LOSSES, resources=resources,
                 storage_path=Layout.run_dir_relative(job_id))
             record.reuse_config_json(canonical)
             records.append(record)
@@ -263,6 +265,30 @@ class Experiment:
             counts[rec.status] += 1
         return counts
 
+    def pending_by_class(self, records: Iterable[JobRecord]) -> dict[int, int]:
+        """Pending jobs per resource class (GPUs needed)."""
+        out: dict[int, int] = {}
+        for rec in records:
+            if rec.status == Status.PENDING:
+                out[rec.gpus] = out.get(rec.gpus, 0) + 1
+        return out
+
+    def live_workers(self, within: float) -> list[dict[str, Any]]:
+        """Workers seen within the last ``within`` seconds (they refresh ``logs/<id>.env.json``),
+        with their GPU counts. Judged by this machine's clock: a hint, not a lease."""
+        now = time.time()
+        out = []
+        for path in self.layout.logs_dir.glob("*.env.json"):
+            try:
+                if now - path.stat().st_mtime > within:
+                    continue
+                info = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(info, dict):
+                out.append(info)
+        return out
+
     def run_dir(self, job: str | JobRecord) -> RunDir:
         """The run directory of a job (by id or record), wherever the experiment now lives."""
         return self.layout.run_dir(job.id if isinstance(job, JobRecord) else job)
@@ -335,11 +361,12 @@ class Experiment:
 
     # -- claiming ------------------------------------------------------------------------------
     def claim(self, worker_id: str, lease_seconds: float = DEFAULT_LEASE_SECONDS,
-              refresh_seconds: float = DEFAULT_REFRESH_SECONDS) -> Attempt | None:
-        """Take the next job in claim order and start an attempt of it, or None if the queue is
-        empty. A job whose files are unusable is skipped (and quarantined if really corrupt)."""
+              refresh_seconds: float = DEFAULT_REFRESH_SECONDS, gpus: int | None = None) -> Attempt | None:
+        """Take the next job in claim order (among those needing at most ``gpus`` GPUs; any when
+        None) and start an attempt of it, or None if there is none. A job whose files are
+        unusable is skipped (and quarantined if really corrupt)."""
         self._claiming = (worker_id, lease_seconds)
-        return self._claimer.claim(refresh_seconds)
+        return self._claimer.claim(refresh_seconds, gpus)
 
     def claim_job(self, job_id: str | None = None, worker_id: str = "", lease_seconds: float = DEFAULT_LEASE_SECONDS
                   ) -> Attempt:
@@ -356,17 +383,20 @@ class Experiment:
         if rec.status != Status.PENDING:
             raise DrExpError(f"job {rec.id} is {rec.status}; only a pending job can be run "
                              "(`dr_exp job retry` puts a failed or cancelled one back)")
-        if not self.store.take(rec.marker):
+        entry = f"g{rec.gpus}/{rec.marker}"
+        if not self.store.take(entry):
             raise DrExpError(f"job {rec.id} was just claimed by another worker")
         self._claiming = (worker_id, lease_seconds)
-        attempt = self._begin(rec.marker)
+        attempt = self._begin(entry)
         if attempt is None:
             raise DrExpError(f"job {rec.id} changed state while being claimed; see `dr_exp job show {rec.id}`")
         return attempt
 
-    def _begin(self, marker: str) -> Attempt | None:
-        """Turn a taken marker into a running attempt, if its job is still pending."""
+    def _begin(self, entry: str) -> Attempt | None:
+        """Turn a taken queue entry (``g<N>/<marker>``) into a running attempt, if its job is
+        still pending."""
         worker_id, lease_seconds = self._claiming
+        gpus, _, marker = entry.partition("/")
         parsed = parse_marker(marker)
         store = self.store
         if parsed is None:
@@ -379,10 +409,10 @@ class Experiment:
                 rec = None
             except CorruptRecord as exc:
                 if store.quarantine_if_corrupt(exc) is None:
-                    store.release(marker)  # perhaps a passing stale read: leave it for later
+                    store.release(marker, int(gpus[1:]))  # perhaps a passing stale read: leave it for later
                     return None
                 rec = None
-            if rec is None or rec.status != Status.PENDING or rec.marker != marker:
+            if rec is None or rec.status != Status.PENDING or rec.marker != marker or f"g{rec.gpus}" != gpus:
                 store.discard_claimed(marker)  # cancelled, re-prioritised or removed since listed
                 return None
             transition(rec, Status.RUNNING, f"claimed by {worker_id}", worker_id=worker_id,
@@ -511,6 +541,29 @@ def parse_statuses(status: str | Iterable[str] | None) -> set[str] | None:
     if bad:
         raise DrExpError(f"unknown status {', '.join(sorted(bad))}; use one of {', '.join(s.value for s in Status)}")
     return statuses
+
+
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def resources_of(config: dict[str, Any]) -> dict[str, int]:
+    """What a job needs from its worker. ``resources: {gpus: N}`` in the job config (moved into
+    the record, so trainers never see it), else ``trainer.devices`` when ``trainer.accelerator``
+    is a GPU (a list of device ids counts its length; ``auto``/-1 count as one), else none."""
+    given = config.pop("resources", None)
+    if given is not None:
+        if not isinstance(given, dict) or any(type(v) is not int or v < 0 for v in given.values()):
+            raise DrExpError(f"the config's resources: {given!r} must map names to counts, e.g. resources: {{gpus: 2}}")
+        return dict(given)
+    trainer = config.get("trainer")
+    if not isinstance(trainer, dict) or str(trainer.get("accelerator", "")).lower() not in GPU_ACCELERATORS:
+        return {}
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, list):
+        return {"gpus": max(1, len(devices))}
+    if type(devices) is int and devices > 0:
+        return {"gpus": devices}
+    return {"gpus": 1}
 
 
 def _positive_int(value: Any, key: str) -> int | None:

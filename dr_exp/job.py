@@ -22,7 +22,7 @@ DEFAULT_MAX_WORKER_LOSSES = 10
 # Keys that change how a run is scheduled or resumed, not what it computes: they never reach a
 # trainer (submit moves ``timeout``/``max_attempts`` into record fields) and do not take part in
 # the config hash that identifies a run.
-RUNTIME_KEYS = frozenset({"resume_from", "timeout", "max_attempts", "job_id", "worker_id", "storage_path"})
+RUNTIME_KEYS = frozenset({"resume_from", "timeout", "max_attempts", "resources", "job_id", "worker_id", "storage_path"})
 
 
 def canonical_json(config: dict[str, Any]) -> str:
@@ -70,6 +70,7 @@ class JobRecord:
     worker_losses: int = 0           # attempts whose worker was lost (lease expired)
     max_worker_losses: int = DEFAULT_MAX_WORKER_LOSSES
     timeout: float | None = None
+    resources: dict[str, int] = field(default_factory=dict)  # {"gpus": N}: what a worker must have
     worker_id: str | None = None
     host: str | None = None
     storage_path: str = ""           # the run directory, relative to the experiment directory
@@ -90,6 +91,11 @@ class JobRecord:
     @property
     def marker(self) -> str:
         return marker_name(self.priority, self.seq, self.id)
+
+    @property
+    def gpus(self) -> int:
+        """GPUs the job needs (its resource class): only a worker holding that many claims it."""
+        return int(self.resources.get("gpus", 0))
 
     @property
     def failed_attempts(self) -> int:
@@ -224,6 +230,7 @@ _CHECKS: dict[str, Any] = {
     "worker_losses": lambda v: _is_int(v) and v >= 0,
     "max_worker_losses": lambda v: _is_int(v) and v >= 1,
     "timeout": _opt(lambda v: _is_num(v) and v > 0),
+    "resources": lambda v: type(v) is dict and all(type(x) is int and x >= 0 for x in v.values()),
     "worker_id": _opt(_is_str),
     "host": _opt(_is_str),
     "storage_path": _is_str,

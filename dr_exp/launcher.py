@@ -18,22 +18,13 @@ from dataclasses import dataclass, field
 
 from dr_exp.api import Experiment
 from dr_exp.errors import DrExpError
+from dr_exp.gpus import visible_gpus
 from dr_exp.logging.files import attach_log_file
 from dr_exp.progress import foreground_line
 
 FORWARDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 HEALTHY_SECONDS = 60.0  # a worker that ran this long before dying restarts with the shortest back-off
 MAX_BACKOFF = 32.0
-
-
-def visible_gpus(environ: dict[str, str] | None = None) -> list[str]:
-    """GPU ids this process may use: CUDA_VISIBLE_DEVICES, else SLURM's GPU variables."""
-    env = os.environ if environ is None else environ
-    for key in ("CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "GPU_DEVICE_ORDINAL"):
-        value = env.get(key)
-        if value is not None and value.strip() not in ("", "NoDevFiles"):
-            return [v.strip() for v in value.split(",") if v.strip() and v.strip() != "-1"]
-    return []
 
 
 def restart_delay(deaths_in_a_row: int) -> float:
@@ -62,6 +53,31 @@ class LauncherOptions:
     worker_args: list[str] = field(default_factory=list)
     max_restarts: int = 20
     requeue_allocation: bool = False
+    gpus_per_worker: list[int] | None = None  # [K]: groups of K GPUs; [4, 1, 1]: a mixed layout
+
+
+def layout_slots(gpus: list[str], workers_per_gpu: int, gpus_per_worker: list[int] | None) -> list[str]:
+    """The GPU ids (comma-separated) each worker gets. ``gpus_per_worker`` of one number K splits
+    the visible GPUs into groups of K; a list of numbers hands out groups of those sizes in order
+    (``4,1,1,1,1`` on 8 GPUs: one 4-GPU worker and four 1-GPU workers). Each group gets
+    ``workers_per_gpu`` workers."""
+    if not gpus_per_worker:
+        sizes = [1] * len(gpus)
+    elif len(gpus_per_worker) == 1:
+        k = gpus_per_worker[0]
+        if k < 1 or len(gpus) % k:
+            raise DrExpError(f"--gpus-per-worker {k} does not divide the {len(gpus)} visible GPUs ({','.join(gpus)})")
+        sizes = [k] * (len(gpus) // k)
+    else:
+        sizes = list(gpus_per_worker)
+        if any(k < 1 for k in sizes) or sum(sizes) > len(gpus):
+            raise DrExpError(f"--gpus-per-worker {','.join(map(str, sizes))} needs {sum(sizes)} GPUs; "
+                             f"{len(gpus)} are visible ({','.join(gpus) or 'none'})")
+    groups, start = [], 0
+    for k in sizes:
+        groups.append(",".join(gpus[start:start + k]))
+        start += k
+    return [g for g in groups for _ in range(workers_per_gpu)]
 
 
 class Launcher:
@@ -74,7 +90,11 @@ class Launcher:
         self.launcher_id = f"{socket.gethostname()}-{os.getpid()}"
         gpus = visible_gpus()
         if gpus:
-            self.slots = [_Slot(i, gpu) for i, gpu in enumerate(g for g in gpus for _ in range(options.workers_per_gpu))]
+            groups = layout_slots(gpus, options.workers_per_gpu, options.gpus_per_worker)
+            self.slots = [_Slot(i, group) for i, group in enumerate(groups)]
+        elif options.gpus_per_worker:
+            raise DrExpError("--gpus-per-worker given, but no GPU is visible (CUDA_VISIBLE_DEVICES, SLURM's GPU "
+                             "variables); use --workers on a machine without GPUs")
         else:
             self.slots = [_Slot(i, None) for i in range(options.workers)]
         self.log = logging.getLogger("dr_exp.launcher")

@@ -24,6 +24,7 @@ LOCK_STRIPES = 256
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 JOB_ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_CLASS_RE = re.compile(r"g(\d{1,3})")
 _MARKER_RE = re.compile(r"(\d{4})-(\d{20})-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
 
 
@@ -151,8 +152,16 @@ class Layout:
         """Locks are striped over 256 files by the id's first two hex digits."""
         return f"{self.locks}/{job_id[:2]}.lock"
 
-    def queued(self, marker: str) -> str:
-        return f"{self.queue}/{marker}"
+    def queue_class(self, gpus: int) -> str:
+        """One queue per resource class (GPUs a job needs): a worker lists only those it serves."""
+        return f"{self.queue}/g{gpus}"
+
+    def queued(self, marker: str, gpus: int) -> str:
+        return f"{self.queue}/g{gpus}/{marker}"
+
+    def added_signal(self, gpus: int) -> str:
+        """Touched whenever a job is added to a class's queue: workers re-list only when it changed."""
+        return f"{self.queue}/g{gpus}/.added"
 
     def claimed_marker(self, marker: str) -> str:
         return f"{self.claimed}/{marker}"
@@ -177,6 +186,12 @@ class Layout:
 
     def launcher_log(self, launcher_id: str) -> Path:
         return self.logs_dir / f"launcher-{launcher_id}.log"
+
+
+def parse_class(name: str) -> int | None:
+    """``g2`` (a resource-class directory of ``queue/``) -> 2, or None."""
+    m = _CLASS_RE.fullmatch(name)
+    return int(m.group(1)) if m else None
 
 
 def parse_lease_name(name: str) -> tuple[str, int] | None:

@@ -52,7 +52,7 @@ def recover(exp: Experiment, full_scan: bool, lease_seconds: float) -> list[tupl
         with store.lock(marker.job_id):
             rec = exp.read_or_none(marker.job_id)
             if rec is not None and rec.status == Status.PENDING and rec.marker == marker.name:
-                if store.release(marker.name):
+                if store.release(marker.name, rec.gpus):
                     done.append((marker.job_id, "stale claim returned to the queue"))
             elif rec is not None:
                 store.discard_claimed(marker.name)

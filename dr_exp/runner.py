@@ -160,6 +160,8 @@ def run_job(spec: dict[str, Any]) -> int:
     attempt = int(spec["attempt"])
     os.environ.update(DR_EXP_JOB_ID=spec["job_id"], DR_EXP_WORKER_ID=spec["worker_id"],
                       DR_EXP_ATTEMPT=str(attempt), DR_EXP_RUN_DIR=str(run.root))
+    if spec.get("cuda_visible_devices"):  # before anything initialises CUDA in this process
+        os.environ["CUDA_VISIBLE_DEVICES"] = spec["cuda_visible_devices"]
     if spec.get("lease_path"):
         fence.Fence(spec["lease_path"], float(spec["lease_seconds"]), str(run.outcome(attempt))).start()
     logger = StructuredLogger(run.root, spec["job_id"], spec["worker_id"], attempt)

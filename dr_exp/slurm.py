@@ -28,6 +28,7 @@ _TIME_RE = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
 class SlurmRequest:
     array: int = 1
     gpus_per_job: int = 1
+    gpus_per_worker: list[int] | None = None
     workers_per_gpu: int = 1
     workers: int = 1
     cpus_per_task: int = 4
@@ -44,6 +45,10 @@ class SlurmRequest:
             raise DrExpError(f"--array {self.array} must be at least 1")
         if self.gpus_per_job < 0 or self.workers_per_gpu < 1 or self.workers < 1 or self.cpus_per_task < 1:
             raise DrExpError("--gpus-per-job must be >= 0; --workers-per-gpu, --workers, --cpus-per-task >= 1")
+        if self.gpus_per_worker:
+            from dr_exp.launcher import layout_slots
+
+            layout_slots([str(i) for i in range(self.gpus_per_job)], self.workers_per_gpu, self.gpus_per_worker)
         if not _TIME_RE.match(self.time):
             raise DrExpError(f"--time {self.time!r} is not a SLURM time; use e.g. 48:00:00 or 2-00:00:00")
         return self
@@ -69,6 +74,8 @@ def render_script(exp: Experiment, req: SlurmRequest, python: str | None = None)
                 "--experiment", exp.name, "system", "launcher", "--idle-timeout", f"{req.idle_timeout:g}"]
     if req.gpus_per_job:
         launcher += ["--workers-per-gpu", str(req.workers_per_gpu)]
+        if req.gpus_per_worker:
+            launcher += ["--gpus-per-worker", ",".join(map(str, req.gpus_per_worker))]
     else:
         launcher += ["--workers", str(req.workers)]
     if req.max_hours:

@@ -50,6 +50,7 @@ from dr_exp.layout import (
     Layout,
     Marker,
     is_job_id,
+    parse_class,
     parse_lease_name,
     parse_marker,
 )
@@ -119,6 +120,7 @@ class ExperimentStore:
         try:
             for sub in SUBDIRS:
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
+            self.class_dir(0)
             if not os.path.exists(f"{locks}/ff.lock"):
                 # All lock stripes up front, so that no claim pays for creating one.
                 for stripe in range(LOCK_STRIPES):
@@ -258,11 +260,16 @@ class ExperimentStore:
             for tmp, path in zip(temps, paths, strict=True):
                 os.replace(tmp, path)
                 published += 1
+            classes = {rec.gpus for rec in records}
+            for gpus in classes:
+                self.class_dir(gpus)
             for rec in records:
-                marker = lay.queued(rec.marker)
+                marker = lay.queued(rec.marker, rec.gpus)
                 os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
                 markers.append(marker)
             sync_filesystem(lay.jobs)
+            for gpus in classes:
+                self._signal_added(gpus)
         except BaseException:
             kept: set[int] = set()
             for i, marker in enumerate(markers):
@@ -317,18 +324,71 @@ class ExperimentStore:
         return out
 
     # -- the queue -------------------------------------------------------------------------
-    def list_markers(self) -> list[str]:
-        """Names of the queue's markers in claim order (anything else in ``queue/`` is ignored
-        here and reported by ``validate``)."""
-        return sorted(n for n in list_dir(self.layout.queue) if n[0] != "." and parse_marker(n) is not None)
+    # One directory per resource class (``queue/g<N>/``: jobs needing N GPUs). A queue entry is
+    # named ``g<N>/<marker>`` below ``queue/``; marker names sort in claim order.
+    def classes(self) -> list[int]:
+        """Resource classes that have a queue directory."""
+        return sorted(c for c in map(parse_class, list_dir(self.layout.queue)) if c is not None)
+
+    def list_markers(self, max_gpus: int | None = None) -> list[str]:
+        """Queue entries (``g<N>/<marker>``) of the classes up to ``max_gpus`` GPUs (all when
+        None), in claim order: priority, then submit order, across classes. Anything else in
+        ``queue/`` is ignored here and reported by ``validate``."""
+        entries = []
+        for gpus in self.classes():
+            if max_gpus is not None and gpus > max_gpus:
+                continue
+            entries.extend((n, gpus) for n in list_dir(self.layout.queue_class(gpus))
+                           if n[0] != "." and parse_marker(n) is not None)
+        entries.sort()
+        return [f"g{gpus}/{name}" for name, gpus in entries]
+
+    def added_state(self, max_gpus: int | None = None) -> tuple[int, ...]:
+        """A fingerprint of the "job added" signals of the classes a worker serves; it changes
+        whenever a job was added to one of them. Each signal is opened, which on NFS revalidates
+        its cached attributes, so a change is seen at once."""
+        out = []
+        for gpus in self.classes():
+            if max_gpus is not None and gpus > max_gpus:
+                continue
+            try:
+                fd = os.open(self.layout.added_signal(gpus), os.O_RDONLY)
+            except FileNotFoundError:
+                out.append(0)
+                continue
+            try:
+                out.append(os.fstat(fd).st_mtime_ns)
+            finally:
+                os.close(fd)
+        return tuple(out)
+
+    def _signal_added(self, gpus: int) -> None:
+        path = self.layout.added_signal(gpus)
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+
+    def class_dir(self, gpus: int) -> str:
+        path = self.layout.queue_class(gpus)
+        os.makedirs(path, exist_ok=True)
+        return path
 
     def strays(self) -> list[tuple[str, str]]:
         """Entries of ``queue/`` and ``claimed/`` that are not markers: (path, why)."""
         out = []
-        for directory in (self.layout.queue, self.layout.claimed):
+        for name in list_dir(self.layout.queue):
+            path = f"{self.layout.queue}/{name}"
+            if parse_class(name) is None:
+                why = "a queue marker outside its class directory" if parse_marker(name) else "not a queue marker name"
+                out.append((path, why))
+            elif os.path.islink(path) or not os.path.isdir(path):
+                out.append((path, "not a queue directory"))
+        directories = [self.layout.queue_class(g) for g in self.classes()] + [self.layout.claimed]
+        for directory in directories:
             for name in list_dir(directory):
                 path = f"{directory}/{name}"
-                if name.startswith(".") and name.endswith(".tmp"):
+                if name.startswith("."):
                     continue
                 if parse_marker(name) is None:
                     out.append((path, "not a queue marker name"))
@@ -336,28 +396,29 @@ class ExperimentStore:
                     out.append((path, "not a plain file"))
         return out
 
-    def take(self, marker: str) -> bool:
-        """Move a marker from queue/ to claimed/. Exactly one caller wins.
+    def take(self, entry: str) -> bool:
+        """Move a queue entry (``g<N>/<marker>``) to claimed/. Exactly one caller wins.
 
-        Workers list the same queue, so many markers in a worker's batch are taken by others
+        Workers list the same queue, so many entries in a worker's batch are taken by others
         before it reaches them. They are looked up first: a failed rename costs more than a
         lookup, as the kernel serialises cross-directory renames per filesystem."""
-        src = self.layout.queued(marker)
+        src = f"{self.layout.queue}/{entry}"
         if not os.path.lexists(src):
             return False
         try:
-            os.rename(src, self.layout.claimed_marker(marker))
+            os.rename(src, self.layout.claimed_marker(entry.rpartition("/")[2]))
             return True
         except FileNotFoundError:
             return False
 
-    def release(self, marker: str) -> bool:
-        """Put a claimed marker back in the queue (its job is still pending)."""
+    def release(self, marker: str, gpus: int) -> bool:
+        """Put a claimed marker back in its class's queue (its job is still pending)."""
         try:
-            os.rename(self.layout.claimed_marker(marker), self.layout.queued(marker))
-            return True
+            os.rename(self.layout.claimed_marker(marker), f"{self.class_dir(gpus)}/{marker}")
         except FileNotFoundError:
             return False
+        self._signal_added(gpus)
+        return True
 
     def discard_claimed(self, marker: str) -> None:
         """Drop a claimed marker whose job is no longer pending (or a stray in its place)."""
@@ -372,13 +433,15 @@ class ExperimentStore:
     def enqueue(self, record: JobRecord) -> None:
         """Make a pending job claimable (again)."""
         try:
-            os.close(os.open(self.layout.queued(record.marker), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            path = f"{self.class_dir(record.gpus)}/{record.marker}"
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
         except FileExistsError:
-            pass
+            return
+        self._signal_added(record.gpus)
 
     def dequeue(self, record: JobRecord) -> None:
         """Withdraw a pending job's marker, wherever it is."""
-        for path in (self.layout.queued(record.marker), self.layout.claimed_marker(record.marker)):
+        for path in (self.layout.queued(record.marker, record.gpus), self.layout.claimed_marker(record.marker)):
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -386,7 +449,7 @@ class ExperimentStore:
 
     def marker_state(self, record: JobRecord) -> str | None:
         """``queue`` or ``claimed`` for where the job's marker is, or None."""
-        if os.path.lexists(self.layout.queued(record.marker)):
+        if os.path.lexists(self.layout.queued(record.marker, record.gpus)):
             return "queue"
         if os.path.lexists(self.layout.claimed_marker(record.marker)):
             return "claimed"
@@ -434,16 +497,16 @@ class ExperimentStore:
             else:
                 os.rename(claimed, lay.record(record.id))
         except OSError:
-            self._undo_begin(marker, lease)
+            self._undo_begin(marker, lease, record.gpus)
             raise
         return Attempt(record.id, number, record.worker_id or "", lease, lease_seconds, record)
 
-    def _undo_begin(self, marker: str, lease: str) -> None:
+    def _undo_begin(self, marker: str, lease: str, gpus: int) -> None:
         try:
             os.unlink(lease)
         except OSError:
             pass
-        self.release(marker)
+        self.release(marker, gpus)
 
     def _write_lease(self, path: str, record: JobRecord, lease_seconds: float) -> None:
         # A lease is a heartbeat, not a durable fact: losing it in a crash only makes the job

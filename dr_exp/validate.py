@@ -91,30 +91,43 @@ def _missing_fields(path: str) -> list[str]:
 
 def _check_queue(exp: Experiment, records: dict[str, JobRecord], fix: bool, report: Report) -> None:
     store = exp.store
+    lay = store.layout
     for path, why in store.strays():
         report.problems.append(f"{path}: {why}")
-        if fix:
+        if not fix:
+            continue
+        marker = parse_marker(os.path.basename(path))
+        rec = records.get(marker.job_id) if marker else None
+        if why.startswith("a queue marker outside") and rec is not None and rec.status == Status.PENDING:
+            os.replace(path, f"{store.class_dir(rec.gpus)}/{marker.name}")  # an old layout's marker
+            report.fixed.append(f"moved {path} into queue/g{rec.gpus}/")
+        else:
             report.fixed.append(f"moved {path} to {store.quarantine(path, why)}")
     markers: dict[str, str] = {}
-    for directory, where in ((store.layout.queue, "queue"), (store.layout.claimed, "claimed")):
-        for name in list_dir(directory):
-            if parse_marker(name) is not None and os.path.isfile(f"{directory}/{name}"):
-                markers[name] = where
+    for entry in store.list_markers():
+        markers[entry.partition("/")[2]] = f"queue/{entry.partition('/')[0]}"
+    for name in list_dir(lay.claimed):
+        if parse_marker(name) is not None and os.path.isfile(f"{lay.claimed}/{name}"):
+            markers[name] = "claimed"
     expected = {rec.marker: rec for rec in records.values() if rec.status == Status.PENDING}
     for name, where in markers.items():
-        if name in expected:
+        rec = expected.get(name)
+        if rec is not None and (where == "claimed" or where == f"queue/g{rec.gpus}"):
             continue
         job_id = parse_marker(name).job_id  # type: ignore[union-attr]
-        report.problems.append(f"marker {where}/{name} has no pending job")
+        report.problems.append(f"marker {where}/{name} has no pending job (of that resource class)")
         if fix:
             with store.lock(job_id):
-                rec = exp.read_or_none(job_id)
-                if rec is None or rec.status != Status.PENDING or rec.marker != name:
-                    if where == "claimed":
+                fresh = exp.read_or_none(job_id)
+                if where == "claimed":
+                    if fresh is None or fresh.status != Status.PENDING or fresh.marker != name:
                         store.discard_claimed(name)
-                    else:
-                        _unlink(f"{store.layout.queue}/{name}")
+                        report.fixed.append(f"removed stale marker {name}")
+                else:
+                    _unlink(f"{lay.queue}/{where.partition('/')[2]}/{name}")
                     report.fixed.append(f"removed stale marker {name}")
+                    if fresh is not None and fresh.status == Status.PENDING and store.marker_state(fresh) is None:
+                        store.enqueue(fresh)
     for marker, rec in expected.items():
         if marker in markers:
             continue

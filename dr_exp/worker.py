@@ -30,6 +30,7 @@ from typing import Any
 from dr_exp.api import DEFAULT_HEARTBEAT_SECONDS, DEFAULT_LEASE_SECONDS, Experiment, env_float
 from dr_exp.errors import DrExpError, StorageError
 from dr_exp.fileio import atomic_write
+from dr_exp.gpus import visible_gpus
 from dr_exp.job import Attempt
 from dr_exp.logging.files import attach_log_file
 from dr_exp.logging.structured_logger import StructuredLogger
@@ -53,6 +54,7 @@ class WorkerOptions:
     max_jobs: int | None = None
     max_hours: float | None = None
     gpu: str | None = None
+    gpus: int | None = None  # GPUs this worker holds (claims only jobs that fit); default: those visible
     lease_seconds: float = field(default_factory=lambda: env_float("DR_EXP_LEASE_SECONDS", DEFAULT_LEASE_SECONDS))
     heartbeat_seconds: float = field(default_factory=lambda: env_float("DR_EXP_HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT_SECONDS))
     poll_seconds: float = 0.5
@@ -76,6 +78,8 @@ class WorkerOptions:
             raise DrExpError("--max-jobs must be >= 1")
         if self.max_hours is not None and self.max_hours <= 0:
             raise DrExpError("--max-hours must be > 0")
+        if self.gpus is not None and self.gpus < 0:
+            raise DrExpError(f"--gpus {self.gpus} must be >= 0")
 
 
 class _Heartbeat(threading.Thread):
@@ -173,6 +177,8 @@ class Worker:
         self._sync: _SyncThread | None = None
         self._own_jobs: set[str] = set()
         self._io_backoff = 0.0
+        self.gpu_ids: list[str] = []
+        self.gpus = 0
 
     # -- setup ------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -223,6 +229,8 @@ class Worker:
         self._setup()
         if self.opts.gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = str(self.opts.gpu)
+        self.gpu_ids = visible_gpus()
+        self.gpus = self.opts.gpus if self.opts.gpus is not None else len(self.gpu_ids)
         try:
             self._record_environment()
             self._start_sync()
@@ -248,7 +256,8 @@ class Worker:
                     for job_id, what in self.exp.recover(lease_seconds=self.opts.lease_seconds):
                         self.log.info("recovered %s: %s", job_id, what)
                     next_recover = now + max(1.0, self.opts.lease_seconds / 2)
-                attempt = self.exp.claim(self.worker_id, self.opts.lease_seconds)
+                    self._alive()
+                attempt = self.exp.claim(self.worker_id, self.opts.lease_seconds, gpus=self.gpus)
             except (StorageError, OSError) as exc:
                 self._io_trouble(exc, deadline)
                 continue
@@ -280,6 +289,13 @@ class Worker:
             self._sync.finish(self._own_jobs, 5.0 if self.signals >= 2 else self.opts.sync_wait)
         self.log.info("worker %s exits after %d jobs", self.worker_id, self.jobs_done)
 
+    def _alive(self) -> None:
+        """Refresh the env file's mtime: `dr_exp status` counts workers seen lately (and their GPUs)."""
+        try:
+            os.utime(self.exp.layout.worker_env(self.worker_id))
+        except OSError:
+            pass
+
     def _time_for_another(self, deadline: float) -> bool:
         left = deadline - time.monotonic()
         typical = sum(self._durations) / len(self._durations) if self._durations else 0.0
@@ -289,7 +305,7 @@ class Worker:
         env = {k: v for k, v in os.environ.items()
                if k.startswith(("SLURM_", "CUDA_", "DR_EXP_")) or k in ("GPU_DEVICE_ORDINAL", "HOSTNAME")}
         info = {"worker_id": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(),
-                "started_at": time.time(), "env": env}
+                "started_at": time.time(), "gpus": self.gpus, "env": env}
         try:
             atomic_write(self.exp.layout.worker_env(self.worker_id), json.dumps(info, indent=2), durable=False)
         except OSError as exc:
@@ -314,7 +330,9 @@ class Worker:
                       f" (resume from {rec.resume_from})" if rec.resume_from else "")
         spec = {"job_id": rec.id, "worker_id": self.worker_id, "attempt": attempt.number, "run_dir": str(run.root),
                 "config": rec.config, "resume_from": rec.resume_from, "worker_pid": os.getpid(),
-                "lease_path": attempt.lease_path, "lease_seconds": attempt.lease_seconds}
+                "lease_path": attempt.lease_path, "lease_seconds": attempt.lease_seconds,
+                # A job sees the GPUs it asked for (the first of the worker's), not all of them.
+                "cuda_visible_devices": ",".join(self.gpu_ids[:rec.gpus]) if rec.gpus else None}
         proc = self._context(attempt).Process(target=child_main, args=(spec,), name=f"dr_exp-job-{rec.id[:8]}")
         proc.start()
         if self._sync is not None:
@@ -470,8 +488,11 @@ class Worker:
 
     # -- foreground ---------------------------------------------------------------------------
     def run_one(self, job_id: str) -> str:
-        """``job run-one``: claim this one job (it must be pending) and run it here."""
+        """``job run-one``: claim this one job (it must be pending) and run it here, whatever
+        GPUs it asks for (the user chose this machine)."""
         self._setup()
+        self.gpu_ids = visible_gpus()
+        self.gpus = len(self.gpu_ids)
         try:
             return self.execute(self.exp.claim_job(job_id, self.worker_id, self.opts.lease_seconds))
         finally:

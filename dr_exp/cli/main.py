@@ -7,9 +7,10 @@ import sys
 import click
 
 from dr_exp import __version__
-from dr_exp.api import DEFAULT_BASE_PATH, DEFAULT_EXPERIMENT, Experiment
+from dr_exp.api import DEFAULT_BASE_PATH, DEFAULT_EXPERIMENT, DEFAULT_LEASE_SECONDS, Experiment, env_float
 from dr_exp.cli.output import print_table
 from dr_exp.errors import DrExpError
+from dr_exp.state import Status
 
 
 class Context:
@@ -57,10 +58,14 @@ def status(c: Context, watch: bool, interval: float, until_done: bool) -> None:
         follow(c.exp.store.base_path, c.exp.name, interval, until_done, echo=click.echo)
         return
     problems: list[str] = []
-    counts = c.exp.counts(problems)
+    records = c.exp.list(problems=problems)
+    counts = {s.value: 0 for s in Status}
+    for rec in records:
+        counts[rec.status] += 1
     click.echo(f"experiment {c.exp.name} at {c.exp.store.root}")
     print_table([{"status": k, "jobs": v} for k, v in counts.items()] + [{"status": "total", "jobs": sum(counts.values())}],
                 ["status", "jobs"])
+    _why_pending(c.exp, c.exp.pending_by_class(records))
     from dr_exp.cli.system import print_allocations
     print_allocations(c.exp)
     for p in problems:
@@ -85,6 +90,21 @@ def validate(c: Context, fix: bool) -> None:
     elif not fix:
         click.echo("run `dr_exp validate --fix` to repair what is safe to repair")
         sys.exit(1)
+
+
+def _why_pending(exp: Experiment, pending: dict[int, int]) -> None:
+    """Say why pending jobs that need GPUs have no worker that could run them."""
+    if not any(pending.get(g) for g in pending if g > 0):
+        return
+    lease = env_float("DR_EXP_LEASE_SECONDS", DEFAULT_LEASE_SECONDS)
+    workers = exp.live_workers(within=2 * lease + 60)
+    most = max((int(w.get("gpus") or 0) for w in workers), default=None)
+    for gpus, n in sorted(pending.items()):
+        if gpus == 0 or (most is not None and gpus <= most):
+            continue
+        seen = f"the largest live worker holds {most}" if most is not None else "no worker is running"
+        click.echo(f"{n} pending job(s) need {gpus} GPU(s); {seen} (start one with "
+                   f"`dr_exp system launcher --gpus-per-worker {gpus}` or `system worker --gpus {gpus}`)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,7 +41,7 @@ def test_a_record_that_was_public_is_never_rewritten(exp):
     assert exp.get(rec.id).status == "completed"
     assert [n for n in os.listdir(exp.layout.leases_dir) if not n.startswith(".")] == []
     assert [p for p in os.listdir(exp.layout.jobs) if p.endswith(".tmp")] == []
-    assert os.listdir(exp.layout.claimed_dir) == [] and os.listdir(exp.layout.queue_dir) == []
+    assert os.listdir(exp.layout.claimed_dir) == [] and exp.store.list_markers() == []
 
 
 def test_exchange_swaps_and_falls_back(exp, tmp_path, monkeypatch):
@@ -67,13 +67,13 @@ def test_a_batch_is_queued_whole_or_not_at_all(exp):
     records = [JobRecord(id=f"00000000-0000-4000-8000-{i:012d}", experiment="exp", config=dict(NOOP, i=i))
                for i in range(5)]
     # Make the 4th marker impossible to publish: a directory already holds its name.
-    os.mkdir(exp.layout.queued(records[3].marker))
+    os.makedirs(exp.layout.queued(records[3].marker, 0))
     with pytest.raises(OSError):
         exp.store.create_jobs(records)
-    os.rmdir(exp.layout.queued(records[3].marker))
+    os.rmdir(exp.layout.queued(records[3].marker, 0))
     assert exp.store.record_ids() == [] and exp.store.list_markers() == []
     assert list(os.listdir(exp.layout.jobs)) == []
-    assert list(os.listdir(exp.layout.queue_dir)) == []
+    assert exp.store.list_markers() == []
     exp.store.create_jobs(records)
     assert len(exp.store.list_markers()) == 5 and len(exp.list()) == 5
 

@@ -20,7 +20,7 @@ FAST_SETTLE = {"DR_EXP_SETTLE_SECONDS": "0.05"}  # many corrupt records: keep th
 NULLABLE = {"started_at", "finished_at", "config_path", "config_name", "sweep_id", "timeout", "worker_id", "host",
             "resume_from", "result", "error", "sync"}
 REQUIRED = {"id", "experiment", "config", "status", "seq"}
-DICT_FIELDS = {"config", "result", "error", "sync", "sweep_params"}
+DICT_FIELDS = {"config", "result", "error", "sync", "sweep_params", "resources"}
 
 
 def _backdate(path, seconds=120):
@@ -68,9 +68,9 @@ def test_bad_files_never_stop_commands_or_workers_and_validate_fixes_them(base, 
     bad_lease_name.write_text("{}")
     # Strays in queue/: a bad name, a directory and a symlink with marker names.
     (exp.layout.queue_dir / "not-a-marker").write_text("")
-    stray_dir = exp.layout.queue_dir / marker_name(500, 1, str(uuid.uuid4()))
+    stray_dir = exp.layout.queue_dir / "g0" / marker_name(500, 1, str(uuid.uuid4()))
     stray_dir.mkdir()
-    stray_link = exp.layout.queue_dir / marker_name(500, 2, str(uuid.uuid4()))
+    stray_link = exp.layout.queue_dir / "g0" / marker_name(500, 2, str(uuid.uuid4()))
     stray_link.symlink_to("/etc/hostname")
 
     # Every command works.
@@ -131,7 +131,7 @@ def test_a_young_corrupt_record_is_left_for_a_second_look(base, exp):
 def test_validate_reports_and_fixes_queue_and_lease_drift(base, exp):
     jobs = [r.id for r in exp.submit_configs([{**NOOP, "i": i} for i in range(3)]).submitted]
     exp.hand_back(exp.claim_job(jobs[1], "w"), None)  # it now has a spare
-    os.unlink(exp.layout.queued(exp.get(jobs[0]).marker))
+    os.unlink(exp.layout.queued(exp.get(jobs[0]).marker, 0))
     orphan = exp.layout.lease(str(uuid.uuid4()), 1)
     Path(orphan).write_text("{}")
     os.unlink(exp.layout.record(jobs[1]))
