@@ -20,7 +20,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from dr_exp.layout import MAX_PRIORITY, MIN_PRIORITY, Layout, parse_marker
 from dr_exp.rundir import RunDir
 from dr_exp.state import FINISHED, Ending, Status, next_after, transition
 from dr_exp.store import NO_SPACE, ExperimentStore, storage_error
+from dr_exp.summary import Summary, status_of, summary_line
 
 DEFAULT_BASE_PATH = "./dr_exp_runs"
 DEFAULT_EXPERIMENT = "default"
@@ -138,9 +139,9 @@ class Experiment:
         if not path.is_file():
             raise DrExpError(f"config file {config} does not exist; list exp_configs/ for the available ones")
         fixed = _compose.split_overrides(overrides)
-        points = [fixed + p for p in _compose.parse_sweep(params)]
-        composed = _compose.compose_many(path.parent, path.stem, points, _compose.sweep_keys(params),
-                                         searchpath=searchpath)
+        grid, typed = _compose.expand_sweep(params)
+        composed = _compose.compose_many(path.parent, path.stem, [fixed + p for p in grid], _compose.sweep_keys(params),
+                                         searchpath=searchpath, typed=typed)
         return self._queue(composed, force, uuid.uuid4().hex[:12], **queueing)
 
     def submit_configs(self, configs: list[dict[str, Any]], priority: int = DEFAULT_PRIORITY,
@@ -208,6 +209,11 @@ class Experiment:
         except OSError as exc:
             raise storage_error(exc, f"could not queue {len(result.submitted)} jobs in {self.store.root} "
                                 "(nothing was queued)") from None
+        if len(result.submitted) > 1000:
+            try:
+                self.fold_summary()
+            except OSError:
+                pass  # folding is an optimisation; the jobs are queued
         return result
 
     def _active_duplicates(self, hashes: set[str]) -> dict[str, str]:
@@ -260,17 +266,66 @@ class Experiment:
         return out
 
     def counts(self, problems: list[str] | None = None) -> dict[str, int]:
+        """Jobs per state, from the summary (records are not read)."""
         counts = {s.value: 0 for s in Status}
-        for rec in self.list(problems=problems):
-            counts[rec.status] += 1
+        for line in self._summary_lines(problems):
+            status = status_of(line)
+            counts[status] = counts.get(status, 0) + 1
         return counts
 
-    def pending_by_class(self, records: Iterable[JobRecord]) -> dict[int, int]:
-        """Pending jobs per resource class (GPUs needed)."""
+    def summaries(self, status: str | Iterable[str] | None = None, tags: str | Iterable[str] | None = None,
+                  sweep_id: str | None = None, problems: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Summary rows of the jobs (id, status, priority, params, metrics...; see
+        :mod:`dr_exp.summary`), filtered, streamed: no record is read, memory does not grow with
+        the number of jobs."""
+        statuses = parse_statuses(status)
+        want_tags = set(parse_tags(tags))
+        for line in self._summary_lines(problems):
+            if statuses and status_of(line) not in statuses:
+                continue
+            row = json.loads(line)
+            if want_tags and not want_tags.issubset(row.get("tags") or ()):
+                continue
+            if sweep_id and not (row.get("sweep") or "").startswith(sweep_id):
+                continue
+            yield row
+
+    def fold_summary(self, force: bool = False) -> bool:
+        """Fold the summary's logs into a new snapshot when they have grown (workers call this
+        now and then; see :mod:`dr_exp.summary`). True if it folded."""
+        if not self.store.exists():
+            return False
+        return Summary(self.layout).compact(force)
+
+    def rebuild_summary(self) -> int:
+        """Rebuild the summary from the records alone; returns the number of jobs."""
+        self.require()
+        return Summary(self.layout).rebuild(self.store.iter_records())
+
+    def _summary_lines(self, problems: list[str] | None) -> Iterator[bytes]:
+        if not self.store.exists():
+            return
+        summary = Summary(self.layout)
+        if not summary.exists():  # an experiment from before summaries: read the records
+            for rec in self.store.iter_records(problems):
+                yield summary_line(rec)
+            return
+        n = 0
+        for line in summary.lines():
+            n += 1
+            yield line
+        if problems is not None:
+            on_disk = len(self.store.record_ids())
+            if on_disk != n:
+                problems.append(f"the summary lists {n} jobs but {on_disk} records exist (a crash mid-write, or "
+                                "files changed by hand); `dr_exp validate --rebuild-index` rebuilds it")
+
+    def pending_by_class(self) -> dict[int, int]:
+        """Pending jobs per resource class (GPUs needed), from the summary."""
         out: dict[int, int] = {}
-        for rec in records:
-            if rec.status == Status.PENDING:
-                out[rec.gpus] = out.get(rec.gpus, 0) + 1
+        for row in self.summaries(status=Status.PENDING.value):
+            gpus = int(row.get("gpus") or 0)
+            out[gpus] = out.get(gpus, 0) + 1
         return out
 
     def live_workers(self, within: float) -> list[dict[str, Any]]:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from dr_exp.job import JobRecord
 from dr_exp.layout import Layout
 from dr_exp.rundir import RunDir
+from dr_exp.summary import params_of
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -18,17 +20,6 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
             _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
     else:
         out[prefix] = value
-
-
-def params_of(rec: JobRecord) -> dict[str, str]:
-    """The parameters a user chose for this run: its overrides (sweep points included)."""
-    params: dict[str, str] = {}
-    for item in rec.overrides:
-        key, sep, value = item.partition("=")
-        if sep:
-            params[key.lstrip("+~")] = value
-    params.update(rec.sweep_params)
-    return params
 
 
 def _coerce(value: str) -> Any:
@@ -48,20 +39,31 @@ def result_rows(records: Iterable[JobRecord], metrics: Iterable[str] | None = No
     ``job_id``. A parameter named like a built-in column is shown as ``param:NAME``, a metric
     named like a built-in column or a parameter as ``metric:NAME``: nothing is overwritten."""
     wanted = list(metrics) if metrics else None
-    rows = []
-    for rec in records:
-        row: dict[str, Any] = {}
-        for key, value in params_of(rec).items():
-            row[f"param:{key}" if key in BUILTIN_COLUMNS else key] = _coerce(value)
-        flat: dict[str, Any] = {}
-        _flatten("", (rec.result or {}).get("metrics", {}), flat)
-        for key, value in flat.items():
-            if wanted is None or key in wanted:
-                row[f"metric:{key}" if key in BUILTIN_COLUMNS or key in row else key] = value
-        row.update(status=rec.status, duration=round(rec.duration, 3) if rec.duration is not None else None,
-                   job_id=rec.id)
-        rows.append(row)
-    return rows
+    return [result_row(params_of(rec), (rec.result or {}).get("metrics"), rec.status, rec.duration, rec.id, wanted)
+            for rec in records]
+
+
+def summary_rows(rows: Iterable[dict[str, Any]], metrics: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+    """:func:`result_rows` from summary rows (:mod:`dr_exp.summary`), streamed."""
+    wanted = list(metrics) if metrics else None
+    for row in rows:
+        started, finished = row.get("started"), row.get("finished")
+        duration = None if started is None else max(0.0, (finished if finished is not None else time.time()) - started)
+        yield result_row(row.get("params") or {}, row.get("metrics"), row["status"], duration, row["id"], wanted)
+
+
+def result_row(params: dict[str, str], metrics: Any, status: str, duration: float | None, job_id: str,
+               wanted: list[str] | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for key, value in params.items():
+        row[f"param:{key}" if key in BUILTIN_COLUMNS else key] = _coerce(value)
+    flat: dict[str, Any] = {}
+    _flatten("", metrics if isinstance(metrics, dict) else {}, flat)
+    for key, value in flat.items():
+        if wanted is None or key in wanted:
+            row[f"metric:{key}" if key in BUILTIN_COLUMNS or key in row else key] = value
+    row.update(status=status, duration=round(duration, 3) if duration is not None else None, job_id=job_id)
+    return row
 
 
 def columns_of(rows: list[dict[str, Any]]) -> list[str]:
@@ -73,15 +75,30 @@ def columns_of(rows: list[dict[str, Any]]) -> list[str]:
     return cols
 
 
-def sort_rows(rows: list[dict[str, Any]], key: str, reverse: bool = False) -> list[dict[str, Any]]:
-    """Sort by ``key``; rows without it go last whatever the direction."""
-    present = [r for r in rows if r.get(key) is not None]
-    missing = [r for r in rows if r.get(key) is None]
+def sort_rows(rows: Iterable[dict[str, Any]], key: str, reverse: bool = False,
+              limit: int | None = None) -> list[dict[str, Any]]:
+    """Sort by ``key``; rows without it go last whatever the direction. With ``limit``, only the
+    first ``limit`` rows are kept, and memory stays within a few times ``limit`` rows."""
+    present: list[dict[str, Any]] = []
+    missing: list[dict[str, Any]] = []
+    for row in rows:
+        if row.get(key) is None:
+            if limit is None or len(missing) < limit:
+                missing.append(row)
+            continue
+        present.append(row)
+        if limit is not None and len(present) > 4 * limit:
+            present = _top(present, key, reverse, limit)
+    out = _top(present, key, reverse, limit) + missing
+    return out[:limit] if limit else out
+
+
+def _top(rows: list[dict[str, Any]], key: str, reverse: bool, limit: int | None) -> list[dict[str, Any]]:
     try:
-        present.sort(key=lambda r: r[key], reverse=reverse)
+        rows.sort(key=lambda r: r[key], reverse=reverse)
     except TypeError:
-        present.sort(key=lambda r: str(r[key]), reverse=reverse)
-    return present + missing
+        rows.sort(key=lambda r: str(r[key]), reverse=reverse)
+    return rows[:limit] if limit else rows
 
 
 def to_dataframe(rows: list[dict[str, Any]]) -> Any:

@@ -56,6 +56,7 @@ from dr_exp.layout import (
 )
 from dr_exp.lock import RecordLock
 from dr_exp.rundir import RunDir
+from dr_exp.summary import SummaryWriter, removed_line, summary_line
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class ExperimentStore:
         except ValueError:
             raise StorageError(f"{SETTLE_ENV}={os.environ[SETTLE_ENV]!r} is not a number of seconds") from None
         self._pauses = tuple(max(0.0, settle) * share for share in _PAUSE_SHARES)
+        self.summary = SummaryWriter(self.layout)
 
     # -- setup ---------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -187,6 +189,7 @@ class ExperimentStore:
         """Replace the record (callers hold its lock); each write bumps ``rev``."""
         record.rev += 1
         atomic_write(self.layout.record(record.id), record.to_json(), durable=durable)
+        self.summary.append([summary_line(record)])
 
     def record_ids(self) -> list[str]:
         """Ids of all records (from the directory listing; nothing is read)."""
@@ -215,11 +218,12 @@ class ExperimentStore:
             return None
         dest = self.quarantine(exc.path, exc.reason)
         name = os.path.basename(exc.path)
-        if name.endswith(".json"):
+        if name.endswith(".json") and is_job_id(name[:-5]):
             try:  # the record's spare goes with it
                 os.unlink(self.layout.spare(name[:-5]))
             except FileNotFoundError:
                 pass
+            self.summary.append([removed_line(name[:-5])])
         return dest
 
     def quarantine(self, path: str | os.PathLike[str], reason: str) -> Path:
@@ -260,6 +264,7 @@ class ExperimentStore:
             for tmp, path in zip(temps, paths, strict=True):
                 os.replace(tmp, path)
                 published += 1
+            self.summary.append(summary_line(r) for r in records)
             classes = {rec.gpus for rec in records}
             for gpus in classes:
                 self.class_dir(gpus)
@@ -499,6 +504,7 @@ class ExperimentStore:
         except OSError:
             self._undo_begin(marker, lease, record.gpus)
             raise
+        self.summary.append([summary_line(record)])
         return Attempt(record.id, number, record.worker_id or "", lease, lease_seconds, record)
 
     def _undo_begin(self, marker: str, lease: str, gpus: int) -> None:
@@ -538,6 +544,7 @@ class ExperimentStore:
             via_lease = False
         if not via_lease:
             atomic_write(self.layout.record(record.id), record.to_json())
+        self.summary.append([summary_line(record)])
         if record.status == "pending":
             self.enqueue(record)
 

@@ -34,7 +34,7 @@ class Report:
         return not self.problems
 
 
-def validate(exp: Experiment, fix: bool = False) -> Report:
+def validate(exp: Experiment, fix: bool = False, rebuild_index: bool = False) -> Report:
     exp.require()
     report = Report()
     records = _check_records(exp, fix, report)
@@ -45,7 +45,24 @@ def validate(exp: Experiment, fix: bool = False) -> Report:
         for job_id, what in exp.recover(full_scan=True):
             report.fixed.append(f"recovered {job_id}: {what}")
     _check_leftovers(exp, fix, report)
+    _check_summary(exp, fix or rebuild_index, rebuild_index, report)
     return report
+
+
+def _check_summary(exp: Experiment, fix: bool, force: bool, report: Report) -> None:
+    """The summary (what status, list and results read) must agree with the records."""
+    seen = {row["id"]: row for row in exp.summaries()}
+    disagree = []
+    for rec in exp.store.iter_records():
+        row = seen.pop(rec.id, None)
+        if row is None or row["status"] != rec.status or row.get("rev", 0) < rec.rev:
+            disagree.append(rec.id)
+    stale = len(disagree) + len(seen)
+    if stale:
+        report.problems.append(f"the job summary disagrees with the records for {stale} jobs "
+                               f"(e.g. {(disagree or list(seen))[0]}); `dr_exp validate --rebuild-index` rebuilds it")
+    if (stale and fix) or force:
+        report.fixed.append(f"rebuilt the job summary from {exp.rebuild_summary()} records")
 
 
 def _check_records(exp: Experiment, fix: bool, report: Report) -> dict[str, JobRecord]:

@@ -18,6 +18,7 @@ import json
 import logging
 import multiprocessing
 import os
+import random
 import signal
 import socket
 import sys
@@ -41,6 +42,7 @@ from dr_exp.store import NO_SPACE
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 MAX_IO_BACKOFF = 60.0
+FOLD_SECONDS = 300.0  # how often a worker checks whether the job summary should be folded
 
 
 def default_worker_id() -> str:
@@ -242,6 +244,7 @@ class Worker:
         deadline = time.monotonic() + self.opts.max_hours * 3600 if self.opts.max_hours else None
         idle_since = time.monotonic()
         next_recover = 0.0
+        next_fold = time.monotonic() + FOLD_SECONDS * random.uniform(0, 1)
         self.log.info("worker %s started (pid %d, experiment %s)", self.worker_id, os.getpid(), self.exp.store.root)
         while not self.signals:
             if self.opts.max_jobs is not None and self.jobs_done >= self.opts.max_jobs:
@@ -257,6 +260,9 @@ class Worker:
                         self.log.info("recovered %s: %s", job_id, what)
                     next_recover = now + max(1.0, self.opts.lease_seconds / 2)
                     self._alive()
+                if now >= next_fold:  # jittered, so a thousand workers do not look at once
+                    self.exp.fold_summary()
+                    next_fold = now + FOLD_SECONDS * random.uniform(0.5, 1.5)
                 attempt = self.exp.claim(self.worker_id, self.opts.lease_seconds, gpus=self.gpus)
             except (StorageError, OSError) as exc:
                 self._io_trouble(exc, deadline)

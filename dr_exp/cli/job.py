@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import sys
 import time
 from typing import Any
@@ -10,11 +11,10 @@ import click
 
 from dr_exp.api import SubmitResult
 from dr_exp.cli.main import Context, cli, pass_ctx
-from dr_exp.cli.output import fmt_time, print_json, print_table
+from dr_exp.cli.output import fmt_time, print_json, print_table, stream_json
 from dr_exp.compose import SEARCHPATH_ENV
 from dr_exp.errors import DrExpError
 from dr_exp.job import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WORKER_LOSSES, DEFAULT_PRIORITY
-from dr_exp.results import params_of
 from dr_exp.state import FINISHED, Status
 
 _SUBMIT_OPTIONS = [
@@ -75,17 +75,19 @@ def sweep(c: Context, config: str, params: str, overrides: str | None, **queuein
     _report(c.exp.sweep(config, params, overrides, **queueing))
 
 
-def _row(rec, verbose: bool) -> dict:
-    row = {"id": rec.id, "status": rec.status, "prio": rec.priority, "att": f"{rec.attempts}/{rec.max_attempts}",
-           "sweep": rec.sweep_id or "-", "tags": ",".join(rec.tags) or "-",
-           "params": " ".join(f"{k}={v}" for k, v in params_of(rec).items()) or "-",
-           "updated": fmt_time(rec.updated_at)}
+def _row(row: dict, verbose: bool) -> dict:
+    """A `job list` row from a summary row (see dr_exp.summary)."""
+    out = {"id": row["id"], "status": row["status"], "prio": row.get("priority"),
+           "att": f"{row.get('attempts')}/{row.get('max_attempts')}", "sweep": row.get("sweep") or "-",
+           "tags": ",".join(row.get("tags") or []) or "-",
+           "params": " ".join(f"{k}={v}" for k, v in (row.get("params") or {}).items()) or "-",
+           "updated": fmt_time(row.get("updated"))}
+    if row.get("flags"):
+        out["flags"] = ",".join(row["flags"])
     if verbose:
-        sync = rec.sync or {}
-        row.update(worker=rec.worker_id or "-", host=rec.host or "-",
-                   error=(rec.error or {}).get("message") or "-", resume_from=rec.resume_from or "-",
-                   sync=_sync_text(sync))
-    return row
+        out.update(worker=row.get("worker") or "-", host=row.get("host") or "-", error=row.get("error") or "-",
+                   resume_from=row.get("resume_from") or "-", sync=row.get("sync") or "-")
+    return out
 
 
 def _sync_text(sync: dict) -> str:
@@ -104,22 +106,31 @@ def _sync_text(sync: dict) -> str:
 @click.option("--tags", default=None, help="Only jobs carrying all these tags.")
 @click.option("--sweep", "sweep_id", default=None, help="Only jobs of this sweep id (prefix ok).")
 @click.option("--verbose", "-v", is_flag=True, help="Also worker, host, error, resume point and sync state.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many jobs (the first in claim order).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl"]), default="table", show_default=True,
+              help="json/jsonl: the full records, streamed.")
 @pass_ctx
-def list_jobs(c: Context, status: str | None, tags: str | None, sweep_id: str | None, verbose: bool, fmt: str) -> None:
-    """List jobs in claim order."""
+def list_jobs(c: Context, status: str | None, tags: str | None, sweep_id: str | None, verbose: bool,
+              limit: int | None, fmt: str) -> None:
+    """List jobs in claim order (from the summary: no record is read for the table)."""
     problems: list[str] = []
-    records = c.exp.list(status=status, tags=tags, sweep_id=sweep_id, problems=problems)
+    def order(row: dict) -> tuple[int, int]:
+        return -row.get("priority", 0), row.get("seq", 0)
+
+    rows = c.exp.summaries(status=status, tags=tags, sweep_id=sweep_id, problems=problems)
+    rows = heapq.nsmallest(limit, rows, key=order) if limit else sorted(rows, key=order)
     for p in problems:
         click.echo(f"warning: {p}", err=True)
-    if fmt == "json":
-        print_json([r.to_dict() for r in records])
+    if fmt in ("json", "jsonl"):
+        records = (c.exp.read_or_none(r["id"]) for r in rows)
+        stream_json((rec.to_dict() for rec in records if rec is not None), lines=fmt == "jsonl")
         return
-    if not records:
+    if not rows:
         click.echo("no jobs" + (" match" if status or tags or sweep_id else f" in {c.exp.store.root}"))
         return
-    rows = [_row(r, verbose) for r in records]
-    print_table(rows, list(rows[0].keys()), max_width=200 if verbose else 48)
+    table = [_row(r, verbose) for r in rows]
+    columns = list(dict.fromkeys(k for r in table for k in r))
+    print_table(table, columns, max_width=200 if verbose else 48)
 
 
 @job.command()

@@ -10,7 +10,6 @@ from dr_exp import __version__
 from dr_exp.api import DEFAULT_BASE_PATH, DEFAULT_EXPERIMENT, DEFAULT_LEASE_SECONDS, Experiment, env_float
 from dr_exp.cli.output import print_table
 from dr_exp.errors import DrExpError
-from dr_exp.state import Status
 
 
 class Context:
@@ -58,14 +57,13 @@ def status(c: Context, watch: bool, interval: float, until_done: bool) -> None:
         follow(c.exp.store.base_path, c.exp.name, interval, until_done, echo=click.echo)
         return
     problems: list[str] = []
-    records = c.exp.list(problems=problems)
-    counts = {s.value: 0 for s in Status}
-    for rec in records:
-        counts[rec.status] += 1
+    c.exp.require()
+    counts = c.exp.counts(problems)
     click.echo(f"experiment {c.exp.name} at {c.exp.store.root}")
     print_table([{"status": k, "jobs": v} for k, v in counts.items()] + [{"status": "total", "jobs": sum(counts.values())}],
                 ["status", "jobs"])
-    _why_pending(c.exp, c.exp.pending_by_class(records))
+    if counts.get("pending"):
+        _why_pending(c.exp, c.exp.pending_by_class())
     from dr_exp.cli.system import print_allocations
     print_allocations(c.exp)
     for p in problems:
@@ -74,12 +72,13 @@ def status(c: Context, watch: bool, interval: float, until_done: bool) -> None:
 
 @cli.command()
 @click.option("--fix", is_flag=True, help="Repair what is safe to repair.")
+@click.option("--rebuild-index", is_flag=True, help="Rebuild the job summary (status, list, results) from the records.")
 @pass_ctx
-def validate(c: Context, fix: bool) -> None:
+def validate(c: Context, fix: bool, rebuild_index: bool) -> None:
     """Check the experiment directory: records parse, markers and records agree, leases."""
     from dr_exp.validate import validate as run_validate
 
-    report = run_validate(c.exp, fix=fix)
+    report = run_validate(c.exp, fix=fix, rebuild_index=rebuild_index)
     click.echo(f"{report.jobs} job records checked in {c.exp.store.root}")
     for p in report.problems:
         click.echo(f"problem: {p}")
@@ -87,7 +86,7 @@ def validate(c: Context, fix: bool) -> None:
         click.echo(f"fixed: {f}")
     if report.ok:
         click.echo("no problems found")
-    elif not fix:
+    elif not (fix or rebuild_index):
         click.echo("run `dr_exp validate --fix` to repair what is safe to repair")
         sys.exit(1)
 

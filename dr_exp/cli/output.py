@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import click
@@ -47,3 +48,18 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], max_width: int =
 
 def print_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def stream_json(items: Iterable[Any], lines: bool = False) -> None:
+    """Print items as a JSON array (or JSON lines) one at a time: memory does not grow with them."""
+    out = click.get_text_stream("stdout")
+    if lines:
+        for item in items:
+            out.write(json.dumps(item, default=str) + "\n")
+        return
+    out.write("[")
+    first = True
+    for item in items:
+        out.write(("\n" if first else ",\n") + json.dumps(item, default=str))
+        first = False
+    out.write("\n]\n" if not first else "]\n")

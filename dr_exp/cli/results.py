@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import sys
+from collections.abc import Iterable
 
 import click
 
 from dr_exp.cli.main import Context, cli, pass_ctx
-from dr_exp.cli.output import print_json, print_table
-from dr_exp.results import columns_of, result_rows, sort_rows
+from dr_exp.cli.output import print_json, print_table, stream_json
+from dr_exp.results import columns_of, sort_rows, summary_rows
 
 
 @cli.command()
@@ -19,26 +21,37 @@ from dr_exp.results import columns_of, result_rows, sort_rows
 @click.option("--metrics", default=None, help="Only these metric columns, comma-separated.")
 @click.option("--sort", "sort_key", default=None, help="Sort by this column, e.g. val/acc.")
 @click.option("--reverse", is_flag=True, help="Sort descending.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many rows (after sorting).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "jsonl"]), default="table",
+              show_default=True, help="csv/json/jsonl stream (memory does not grow with the number of jobs).")
 @pass_ctx
 def results(c: Context, status: str | None, sweep_id: str | None, tags: str | None, metrics: str | None,
-            sort_key: str | None, reverse: bool, fmt: str) -> None:
-    """The results table: parameters, final metrics, job id, status and duration."""
-    records = c.exp.list(status=status, sweep_id=sweep_id, tags=tags)
-    rows = result_rows(records, [m for m in metrics.split(",") if m] if metrics else None)
+            sort_key: str | None, reverse: bool, limit: int | None, fmt: str) -> None:
+    """The results table: parameters, final metrics, job id, status and duration (from the
+    summary: no record is read)."""
+    problems: list[str] = []
+    wanted = [m for m in metrics.split(",") if m] if metrics else None
+    rows: Iterable[dict] = summary_rows(c.exp.summaries(status=status, sweep_id=sweep_id, tags=tags,
+                                                        problems=problems), wanted)
     if sort_key:
-        rows = sort_rows(rows, sort_key, reverse)
-    cols = columns_of(rows)
-    if fmt == "json":
-        print_json(rows)
+        rows = sort_rows(rows, sort_key, reverse, limit)
+    elif limit:
+        rows = itertools.islice(rows, limit)
+    if fmt in ("json", "jsonl"):
+        stream_json(rows, lines=fmt == "jsonl")
     elif fmt == "csv":
-        writer = csv.DictWriter(sys.stdout, fieldnames=cols, extrasaction="ignore")
+        rows = list(rows)
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns_of(rows), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    elif rows:
-        print_table(rows, cols, max_width=40)
     else:
-        click.echo("no jobs")
+        rows = list(rows)
+        if rows:
+            print_table(rows, columns_of(rows), max_width=40)
+        else:
+            click.echo("no jobs")
+    for p in problems:
+        click.echo(f"warning: {p}", err=True)
 
 
 @cli.command("curves")

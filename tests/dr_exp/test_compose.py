@@ -12,6 +12,10 @@ SWEEPS = [
     "data.batch_size=16,32 +x=range(0,3) lr_scheduler=cosine,step,none optimizer.weight_decay=0",
     "machine=cpu,slurm data.num_workers=0,3 ~metrics",
     "+trainer.limit_val_batches=1,2 transforms=none,cifar10_augmented seed=0,7",
+    # Interpolation-read keys, additions, lists, null, booleans, quoted strings, deletions:
+    "paths.data_dir=/a,/b optimizer.lr=0.1,1e-3 +new.deep.key=1,2",
+    "++trainer.max_epochs=5 +x=[1,2],[3] data.synthetic.noise=null,0.5 trainer.enable_progress_bar=true,false",
+    "+name='a,b',c ~metrics seed=range(0,2)",
 ]
 
 
@@ -35,3 +39,17 @@ def test_interpolations_follow_value_overrides():
 def test_bad_points_fail_with_config_error(bad):
     with pytest.raises(ConfigError):
         compose_many(EXP_CONFIGS, "quickstart", [[], bad])
+
+
+@pytest.mark.parametrize("params", SWEEPS[4:])
+def test_a_sweep_submits_exactly_what_hydra_composes(exp, params):
+    """The sweep path types each point's overrides once (expand_sweep) and applies plain values
+    without OmegaConf; the queued configs equal Hydra's, point for point."""
+    res = exp.sweep(str(EXP_CONFIGS / "quickstart.yaml"), params, force=True)
+    points = parse_sweep(params)
+    slow = compose_many(EXP_CONFIGS, "quickstart", points, sweep_keys(params), reuse=False)
+    assert len(res.submitted) == len(slow)
+    by_overrides = {tuple(r.overrides): r.config for r in res.submitted}
+    for s in slow:
+        expected = {k: v for k, v in s.config.items() if k not in ("timeout", "max_attempts", "resources")}
+        assert by_overrides[tuple(s.overrides)] == expected, s.overrides

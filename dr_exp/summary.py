@@ -1,0 +1,251 @@
+"""A compact summary of every job, kept up to date as jobs change, so that `status`, `job list`
+and `results` do not read every record.
+
+- **Logs.** Every record write also appends one summary line (the fields listings need) to a
+  log file of the writing process (``summary/log-<host>-<pid>-<token>.jsonl``): per-writer files,
+  because appends from several NFS clients to one file are not atomic. A line is written whole
+  by one ``write``; readers skip a torn last line.
+- **Snapshots.** Now and then a writer folds the logs into ``summary/snapshot.jsonl`` (the latest
+  line of every job) plus ``summary/snapshot.json`` (how far into each log it read), both written
+  whole. Logs folded in and idle for an hour are removed.
+- **Readers** stream the snapshot and let the logs' tails override it, per job by the record's
+  ``rev`` (bumped by every write under the record's lock, so the highest rev is the newest). A
+  reader may lag a writer by the time its line takes to become visible (seconds on NFS); it
+  never loses or invents a job. Memory stays bounded by the tails, not by the number of jobs.
+
+The summary is never trusted over the records: `validate` compares them and
+`validate --rebuild-index` rebuilds it from the records alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from dr_exp.fileio import atomic_write, list_dir, read_bytes
+from dr_exp.job import JobRecord
+from dr_exp.layout import Layout
+
+SNAPSHOT = "snapshot.jsonl"
+META = "snapshot.json"
+LOG_PREFIX = "log-"
+REMOVED = "removed"
+# Fold the logs into a new snapshot once their unfolded tails hold this many bytes.
+COMPACT_BYTES = 8 * 1024 * 1024
+IDLE_LOG_SECONDS = 3600.0
+_ID = slice(7, 43)  # every line starts {"id":"<36 characters>","rev":
+
+
+def params_of(rec: JobRecord) -> dict[str, str]:
+    """The parameters a user chose for this run: its overrides (sweep points included)."""
+    params: dict[str, str] = {}
+    for item in rec.overrides:
+        key, sep, value = item.partition("=")
+        if sep:
+            params[key.lstrip("+~")] = value
+    params.update(rec.sweep_params)
+    return params
+
+
+def summary_line(rec: JobRecord) -> bytes:
+    """One job as listings see it, as a line that starts with its id, rev and status."""
+    result = rec.result or {}
+    rest = {"priority": rec.priority, "seq": rec.seq, "tags": rec.tags, "sweep": rec.sweep_id,
+            "params": params_of(rec), "gpus": rec.gpus, "created": rec.created_at, "updated": rec.updated_at,
+            "started": rec.started_at, "finished": rec.finished_at, "attempts": rec.attempts,
+            "max_attempts": rec.max_attempts, "worker": rec.worker_id, "host": rec.host,
+            "metrics": result.get("metrics") if isinstance(result.get("metrics"), dict) else None,
+            "flags": result.get("flags") or None,
+            "error": f"{rec.error.get('type')}: {rec.error.get('message')}" if rec.error else None,
+            "resume_from": rec.resume_from, "sync": (rec.sync or {}).get("state")}
+    head = f'{{"id":"{rec.id}","rev":{rec.rev},"status":"{rec.status}",'
+    return (head + json.dumps(rest, separators=(",", ":"), default=str)[1:] + "\n").encode()
+
+
+def removed_line(job_id: str) -> bytes:
+    """A job that is gone (quarantined, deleted): it outranks every rev a record can reach."""
+    return f'{{"id":"{job_id}","rev":{2 ** 62},"status":"{REMOVED}"}}\n'.encode()
+
+
+def _rev(line: bytes) -> int:
+    end = line.index(b",", 51)
+    return int(line[51:end])
+
+
+def status_of(line: bytes) -> str:
+    start = line.index(b'"status":"', 43) + 10
+    return line[start:line.index(b'"', start)].decode()
+
+
+class SummaryWriter:
+    """Appends summary lines for one process (its own log file, created on first use)."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.dir = layout.root / "summary"
+        self._path: str | None = None
+
+    def append(self, lines: Iterable[bytes]) -> None:
+        data = b"".join(lines)
+        if not data:
+            return
+        for _ in range(3):
+            if self._path is None:
+                self.dir.mkdir(exist_ok=True)
+                name = f"{LOG_PREFIX}{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+                self._path = str(self.dir / name)
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL
+            else:
+                # Never re-created under the same name: a log that was folded in and removed
+                # while this process was idle is continued in a new one.
+                flags = os.O_WRONLY | os.O_APPEND
+            try:
+                fd = os.open(self._path, flags, 0o644)
+            except FileNotFoundError:
+                self._path = None
+                continue
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            return
+
+
+class Summary:
+    """Reading (and folding) the summary of one experiment."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.dir = layout.root / "summary"
+
+    def exists(self) -> bool:
+        return self.dir.is_dir()
+
+    def _meta(self) -> dict[str, Any]:
+        try:
+            meta = json.loads(read_bytes(self.dir / META))
+        except (FileNotFoundError, ValueError):
+            return {"offsets": {}}
+        return meta if isinstance(meta, dict) and isinstance(meta.get("offsets"), dict) else {"offsets": {}}
+
+    def _logs(self) -> list[str]:
+        return sorted(n for n in list_dir(self.dir) if n.startswith(LOG_PREFIX) and n.endswith(".jsonl"))
+
+    def _tails(self, offsets: dict[str, int]) -> tuple[dict[str, bytes], dict[str, int]]:
+        """The newest line per job in the logs past ``offsets``, and how far each log was read."""
+        newest: dict[str, bytes] = {}
+        ends: dict[str, int] = {}
+        for name in self._logs():
+            try:
+                data = read_bytes(self.dir / name)
+            except FileNotFoundError:
+                continue
+            start = offsets.get(name, 0)
+            if start > len(data):
+                start = 0  # not the file the snapshot read (it cannot shrink otherwise)
+            end = data.rfind(b"\n") + 1  # a torn last line is a write in progress
+            ends[name] = max(end, start)
+            for line in data[start:end].splitlines(keepends=True):
+                if len(line) < 52 or not line.startswith(b'{"id":"'):
+                    continue
+                job_id = line[_ID].decode()
+                old = newest.get(job_id)
+                if old is None or _rev(line) >= _rev(old):
+                    newest[job_id] = line
+        return newest, ends
+
+    def lines(self) -> Iterator[bytes]:
+        """The newest summary line of every job that exists, streamed."""
+        meta = self._meta()
+        tails, _ = self._tails(meta["offsets"])
+        try:
+            fh = open(self.dir / SNAPSHOT, "rb")  # noqa: SIM115 - streamed below
+        except FileNotFoundError:
+            fh = None
+        if fh is not None:
+            with fh:
+                for line in fh:
+                    if not line.endswith(b"\n") or not line.startswith(b'{"id":"'):
+                        continue
+                    job_id = line[_ID].decode()
+                    newer = tails.pop(job_id, None)
+                    if newer is not None and _rev(newer) > _rev(line):
+                        line = newer
+                    if status_of(line) != REMOVED:
+                        yield line
+        for line in tails.values():
+            if status_of(line) != REMOVED:
+                yield line
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        for line in self.lines():
+            yield json.loads(line)
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for line in self.lines():
+            status = status_of(line)
+            counts[status] = counts.get(status, 0) + 1
+        return counts
+
+    def unfolded_bytes(self) -> int:
+        offsets = self._meta()["offsets"]
+        total = 0
+        for name in self._logs():
+            try:
+                total += max(0, os.stat(self.dir / name).st_size - offsets.get(name, 0))
+            except FileNotFoundError:
+                continue
+        return total
+
+    def compact(self, force: bool = False) -> bool:
+        """Fold the logs into a new snapshot if their tails are big enough (or ``force``), and
+        remove logs that were folded in and have been idle for an hour. True if it folded."""
+        if not force and self.unfolded_bytes() < COMPACT_BYTES:
+            return False
+        meta = self._meta()
+        _, ends = self._tails(meta["offsets"])
+        # `lines()` re-reads the tails; lines appended in between are folded in too, and only
+        # the offsets read first are recorded, so later readers at worst read them again.
+        tmp = self.dir / f".{SNAPSHOT}.{uuid.uuid4().hex[:8]}.tmp"
+        with open(tmp, "wb") as out:
+            for line in self.lines():
+                out.write(line)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.dir / SNAPSHOT)
+        atomic_write(self.dir / META, json.dumps({"offsets": ends, "written_at": time.time()}))
+        now = time.time()
+        for name, end in ends.items():
+            path = self.dir / name
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            if st.st_size <= end and now - st.st_mtime > IDLE_LOG_SECONDS:
+                path.unlink(missing_ok=True)
+        return True
+
+    def rebuild(self, records: Iterable[JobRecord]) -> int:
+        """A new snapshot from the records alone; every log is folded (read to its end) first."""
+        self.dir.mkdir(exist_ok=True)
+        _, ends = self._tails({})
+        tmp = self.dir / f".{SNAPSHOT}.{uuid.uuid4().hex[:8]}.tmp"
+        n = 0
+        with open(tmp, "wb") as out:
+            for rec in records:
+                out.write(summary_line(rec))
+                n += 1
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.dir / SNAPSHOT)
+        atomic_write(self.dir / META, json.dumps({"offsets": ends, "written_at": time.time(), "rebuilt": True}))
+        return n
+
+
+def snapshot_path(layout: Layout) -> Path:
+    return layout.root / "summary" / SNAPSHOT
