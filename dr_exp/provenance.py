@@ -41,8 +41,10 @@ from typing import Any
 
 from dr_exp import __version__, fence
 from dr_exp.fileio import atomic_write
+from dr_exp.job import JobRecord
 from dr_exp.layout import Layout
 from dr_exp.rundir import RunDir
+from dr_exp.store import ExperimentStore
 
 FORMAT = 1
 # The uncommitted diff is cut here (and marked ``truncated``); DR_EXP_PROVENANCE_MAX_DIFF overrides.
@@ -255,7 +257,7 @@ def command_line(argv: list[str]) -> str:
     if not argv:
         return ""
     program = argv[0]
-    if program.endswith(("/__main__.py", "/cli/main.py")) or os.path.basename(program) in ("dr_exp", "dr_exp.exe"):
+    if program.endswith(("dr_exp/__main__.py", "dr_exp/cli/main.py")) or os.path.basename(program) == "dr_exp":
         program = "dr_exp"
     return shlex.join([program, *argv[1:]])
 
@@ -413,28 +415,36 @@ def node_info() -> dict[str, Any]:
             "installed": packages, "torch": _torch(), **gpus(), "env": allowed_env()}
 
 
-def record_attempt(run: RunDir, job_id: str, worker_id: str, attempt: int, config: dict[str, Any]) -> None:
-    """Write the run's provenance file at the start of an attempt: the record's submit provenance
-    (with the full submit capture), the config's seeds, and this node, after the earlier attempts'."""
-    layout = Layout.of_run_dir(run.root)
-    from dr_exp.store import ExperimentStore  # the record is read as every reader reads it
+def run_document(layout: Layout, job_id: str, rec: JobRecord | None, config: dict[str, Any],
+                 note: str | None = None) -> dict[str, Any]:
+    """The run's provenance without any attempt yet: the record's submit provenance with the full
+    submit capture, the config source and its seeds."""
+    submitted = rec.provenance if rec is not None else None
+    if rec is not None:
+        extra = {"config_hash": rec.config_hash, "overrides": rec.overrides, "sweep_params": rec.sweep_params,
+                 "sweep_id": rec.sweep_id,
+                 "config_source": f"{rec.config_path}/{rec.config_name}.yaml" if rec.config_name else None}
+    else:
+        extra = {"note": note}
+    capture = read_blob(layout, (submitted or {}).get("capture"), "json")
+    return {"format": FORMAT, "job_id": job_id, "experiment": layout.experiment, **extra, "seeds": seeds(config),
+            "submit": {**(submitted or {}), "details": json.loads(capture) if capture else None}, "attempts": []}
 
+
+def record_attempt(run: RunDir, job_id: str, worker_id: str, attempt: int, config: dict[str, Any]) -> None:
+    """Write the run's provenance file at the start of an attempt: :func:`run_document`, the
+    earlier attempts' nodes, and this node."""
+    layout = Layout.of_run_dir(run.root)
+    rec, note = None, None
     try:
         rec = ExperimentStore(layout.base_path, layout.experiment).read_record(job_id, quick=True)
-        submitted = rec.provenance
-        extra = {"config_hash": rec.config_hash, "overrides": rec.overrides, "sweep_params": rec.sweep_params,
-                 "sweep_id": rec.sweep_id, "config_source": rec.config_path and f"{rec.config_path}/{rec.config_name}.yaml"}
     except Exception as exc:  # noqa: BLE001 - provenance never stops a job
-        submitted, extra = None, {"note": f"could not read the job record: {exc}"}
-    try:
-        previous = json.loads(run.provenance.read_text())
-        attempts = [a for a in previous.get("attempts", []) if a.get("attempt") != attempt]
-    except (OSError, ValueError, AttributeError):
-        attempts = []
-    capture = read_blob(layout, (submitted or {}).get("capture"), "json")
-    doc = {"format": FORMAT, "job_id": job_id, "experiment": layout.experiment, **extra, "seeds": seeds(config),
-           "submit": {**(submitted or {}), "details": json.loads(capture) if capture else None},
-           "attempts": [*attempts, {"attempt": attempt, "worker_id": worker_id, **node_info()}]}
+        note = f"could not read the job record: {exc}"
+    doc = run_document(layout, job_id, rec, config, note)
+    previous = read_run(run) or {}
+    earlier = previous.get("attempts") if isinstance(previous.get("attempts"), list) else []
+    doc["attempts"] = [*(a for a in earlier if isinstance(a, dict) and a.get("attempt") != attempt),
+                       {"attempt": attempt, "worker_id": worker_id, **node_info()}]
     fence.guard()
     atomic_write(run.provenance, json.dumps(doc, indent=1, default=str) + "\n")
 

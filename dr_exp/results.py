@@ -31,6 +31,14 @@ def params_of(rec: JobRecord) -> dict[str, str]:
     return params
 
 
+def flags_text(rec: JobRecord) -> str:
+    """The sanity flags a trainer put in its result (``flags: [...]``), comma-separated, or ""."""
+    flags = (rec.result or {}).get("flags")
+    if isinstance(flags, str):
+        return flags
+    return ",".join(str(f) for f in flags) if isinstance(flags, list) else ""
+
+
 def _coerce(value: str) -> Any:
     for cast in (int, float):
         try:
@@ -50,6 +58,8 @@ def result_rows(records: Iterable[JobRecord], metrics: Iterable[str] | None = No
         for key, value in flat.items():
             if wanted is None or key in wanted:
                 row[key] = value
+        if flags_text(rec):
+            row["flags"] = flags_text(rec)
         row.update(status=rec.status, duration=round(rec.duration, 3) if rec.duration is not None else None,
                    job_id=rec.id)
         rows.append(row)
