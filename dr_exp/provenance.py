@@ -279,7 +279,19 @@ def _module_dir(target: str) -> str | None:
     return os.path.dirname(os.path.abspath(origin)) if origin and origin != "built-in" else None
 
 
-_SUMMARY_KEYS = ("repo", "commit", "branch", "dirty", "diff", "diff_bytes", "truncated", "note")
+_SUMMARY_KEYS = ("repo", "path", "commit", "branch", "dirty", "diff", "diff_bytes", "truncated", "note")
+
+
+def _summary(state: dict[str, Any], holds: list[str]) -> dict[str, Any]:
+    """A repository's entry in a record: what tells the code apart, no more (a record is read on
+    every claim and listing)."""
+    out = {k: state[k] for k in _SUMMARY_KEYS if k in state}
+    if not out.get("diff"):
+        for k in ("diff", "diff_bytes", "truncated"):
+            out.pop(k, None)
+    elif not out.get("truncated"):
+        out.pop("truncated", None)
+    return {**out, "holds": holds}
 
 
 @dataclass
@@ -357,9 +369,7 @@ def capture_submit(sources: Iterable[tuple[str, str]], argv: list[str] | None = 
             elif top is None and key not in states:
                 states[key] = {"repo": None, "path": directory, "note": note}
             roles.setdefault(key, []).append(role)
-        capture.sources[(config_path, target)] = [
-            {**{k: states[key][k] for k in (*_SUMMARY_KEYS, "path") if k in states[key]}, "holds": holds}
-            for key, holds in roles.items()]
+        capture.sources[(config_path, target)] = [_summary(states[key], holds) for key, holds in roles.items()]
     packages = installed_packages()
     capture.document = {
         "format": FORMAT, "kind": "submit", "captured_at": time.time(), "dr_exp": __version__,
