@@ -5,6 +5,7 @@ call, not per job; no secret from the environment (or an untracked file) reaches
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -152,3 +153,17 @@ def test_seeds_found_at_any_depth():
     assert provenance.seeds(config) == {"seed": 1, "data.seed": 2, "data.split_seed": 3, "model.init_seed": 5}
     assert all(provenance.is_seed_key(k) for k in ("seed", "+seed", "data.seed", "init_seed"))
     assert not any(provenance.is_seed_key(k) for k in ("seeds_dir", "lr", "seeding.mode"))
+
+
+def test_gpus_and_driver_from_nvidia_smi(tmp_path, monkeypatch):
+    assert provenance.gpus()["gpus"] == [] or provenance.gpus()["driver"]  # none here, or a real one
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho '0, NVIDIA H200, 565.57.01, 143771, GPU-aaaa'\n"
+                    "echo '1, NVIDIA H200, 565.57.01, 143771, GPU-bbbb'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    node = provenance.node_info()
+    assert node["driver"] == "565.57.01" and [g["name"] for g in node["gpus"]] == ["NVIDIA H200", "NVIDIA H200"]
+    assert node["env"]["CUDA_VISIBLE_DEVICES"] == "1"
