@@ -190,7 +190,9 @@ def git_state(repo: str) -> tuple[dict[str, Any], bytes]:
     """The state of the work tree at ``repo`` (its top level) and its uncommitted diff: changes
     to tracked files against HEAD, plus untracked source files as new files, cut at the cap."""
     cap = _max_diff()
-    rc, out, err = _git(repo, "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=all")
+    # Untracked directories are listed, not walked: a run or data directory inside the repository
+    # must not make every submit list its files.
+    rc, out, err = _git(repo, "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=normal")
     if rc != 0:
         return {"repo": repo, "note": (err.strip().splitlines() or ["git status failed"])[0][:200]}, b""
     commit = branch = None
@@ -223,8 +225,10 @@ def git_state(repo: str) -> tuple[dict[str, Any], bytes]:
     included, skipped = [], []
     for rel in untracked:
         path = os.path.join(repo, rel)
-        why = ""
-        if os.path.splitext(rel)[1] not in SOURCE_SUFFIXES:
+        why, data = "", b""
+        if rel.endswith("/"):
+            why = "untracked directory"
+        elif os.path.splitext(rel)[1] not in SOURCE_SUFFIXES:
             why = "not a source file"
         else:
             try:
@@ -453,8 +457,11 @@ def record_attempt(run: RunDir, job_id: str, worker_id: str, attempt: int, confi
     doc = run_document(layout, job_id, rec, config, note)
     previous = read_run(run) or {}
     earlier = previous.get("attempts") if isinstance(previous.get("attempts"), list) else []
+    node = node_info()
+    if node["installed"] == (doc["submit"].get("details") or {}).get("installed"):
+        node["installed"] = "same as at submit"  # the common case: keep the file small
     doc["attempts"] = [*(a for a in earlier if isinstance(a, dict) and a.get("attempt") != attempt),
-                       {"attempt": attempt, "worker_id": worker_id, **node_info()}]
+                       {"attempt": attempt, "worker_id": worker_id, **node}]
     fence.guard()
     atomic_write(run.provenance, json.dumps(doc, indent=1, default=str) + "\n")
 

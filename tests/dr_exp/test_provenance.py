@@ -44,6 +44,8 @@ def project(tmp_path: Path) -> Path:
     (repo / "proj_trainer.py").write_text(TRAINER.replace("0.5 + lr", "0.25 + lr"))
     (repo / "helper.py").write_text("UNTRACKED_HELPER = 1\n")
     (repo / ".env").write_text(f"WANDB_API_KEY={SECRETS['WANDB_API_KEY']}\n")  # untracked, not source
+    (repo / "scratch").mkdir()
+    (repo / "scratch" / "notes.py").write_text("SCRATCH = 1\n")  # an untracked directory is listed, not walked
     return repo
 
 
@@ -67,7 +69,7 @@ def test_git_commit_and_diff_recorded_and_no_secret_anywhere(base, project, tmp_
     assert len(json.dumps(rec.provenance)) < 1000
     diff = exp.layout.provenance_file(entry["diff"], "diff").read_text()
     assert "+    return {\"metrics\": {\"acc\": 0.25 + lr}" in diff and "UNTRACKED_HELPER" in diff
-    assert ".env" not in diff
+    assert ".env" not in diff and "SCRATCH" not in diff
     # The diff applies to the commit: the changed code can be got back exactly.
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
@@ -80,7 +82,8 @@ def test_git_commit_and_diff_recorded_and_no_secret_anywhere(base, project, tmp_
     assert ran["submit"]["git"] == rec.provenance["git"]
     details = ran["submit"]["details"]
     assert details["git"][0]["untracked_included"] == ["helper.py"]
-    assert {"path": ".env", "why": "not a source file"} in details["git"][0]["untracked_skipped"]
+    assert details["git"][0]["untracked_skipped"] == [{"path": ".env", "why": "not a source file"},
+                                                      {"path": "scratch/", "why": "untracked directory"}]
     assert details["packages"]["hydra_core"] and details["python"]["version"]
     [attempt] = ran["attempts"]
     assert attempt["attempt"] == 1 and attempt["host"] and "gpus" in attempt and "driver" in attempt
