@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dr_exp import compose as _compose
+from dr_exp import provenance as _provenance
 from dr_exp.claim import DEFAULT_REFRESH_SECONDS, Claimer
 from dr_exp.errors import CorruptRecord, DrExpError, JobNotFound, StorageError
 from dr_exp.job import (
@@ -171,11 +172,26 @@ class Experiment:
         return {"priority": check_priority(priority), "tags": parse_tags(tags), "max_attempts": max_attempts,
                 "timeout": timeout, "max_worker_losses": max_worker_losses}
 
+    def submit_composed(self, composed: list[_compose.ComposedConfig], rerun_of: list[dict[str, Any]],
+                        priority: int = DEFAULT_PRIORITY, tags: str | Iterable[str] | None = None,
+                        max_attempts: int | None = None, timeout: float | None = None,
+                        max_worker_losses: int | None = None, sweep_id: str | None = None) -> SubmitResult:
+        """Queue configs composed earlier, exactly as they were (source, overrides and sweep
+        parameters kept): a rerun, so duplicates are never skipped. ``rerun_of[i]`` says what the
+        i-th one reruns; it goes into that record's provenance."""
+        queueing = self._queueing(priority, tags, max_attempts, timeout, max_worker_losses)
+        checked: dict[str, Any] = {}
+        for i, c in enumerate(composed):
+            _compose.check_config(_compose.plain_config(c.config, f"config #{i}"), f"config #{i}", checked)
+        return self._queue(composed, True, sweep_id, rerun_of=rerun_of, **queueing)
+
     def _queue(self, composed: list[_compose.ComposedConfig], force: bool, sweep_id: str | None, *,
                priority: int, tags: list[str], max_attempts: int | None, timeout: float | None,
-               max_worker_losses: int | None) -> SubmitResult:
+               max_worker_losses: int | None, rerun_of: list[dict[str, Any]] | None = None) -> SubmitResult:
+        # Provenance once per batch (git state, packages, command line); each record gets a small summary.
+        capture = _provenance.capture_submit((c.config_path, str(c.config.get("_target_", ""))) for c in composed)
         records = []
-        for c in composed:
+        for i, c in enumerate(composed):
             config = dict(c.config)
             # Scheduling keys become record fields; no trainer ever sees them.
             attempts = max_attempts or _positive_int(config.pop("max_attempts", None), "max_attempts") \
@@ -190,7 +206,9 @@ class Experiment:
                 config_path=c.config_path or None, config_name=c.config_name or None, overrides=c.overrides,
                 sweep_id=sweep_id, sweep_params=c.sweep_params, max_attempts=attempts, timeout=limit,
                 max_worker_losses=max_worker_losses or DEFAULT_MAX_WORKER_LOSSES, resources=resources,
-                storage_path=Layout.run_dir_relative(job_id))
+                storage_path=Layout.run_dir_relative(job_id),
+                provenance=capture.summary(c.config_path, str(config.get("_target_", "")),
+                                           rerun_of[i] if rerun_of else None))
             record.reuse_config_json(canonical)
             records.append(record)
         self.store.ensure()
@@ -205,6 +223,8 @@ class Experiment:
             seen.add(record.config_hash)
             result.submitted.append(record)
         try:
+            if result.submitted:
+                capture.save(self.layout)
             self.store.create_jobs(result.submitted)
         except OSError as exc:
             raise storage_error(exc, f"could not queue {len(result.submitted)} jobs in {self.store.root} "

@@ -78,6 +78,9 @@ class JobRecord:
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     sync: dict[str, Any] | None = None
+    # What submitted it (commit, branch, dirty, diff digest, command line; see dr_exp.provenance):
+    # small, the rest is stored once per submit under provenance/ in the experiment.
+    provenance: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     rev: int = 0                     # bumped by every write; readers keep the highest they saw
     version: int = RECORD_VERSION
@@ -200,6 +203,12 @@ def _str_list(v: Any) -> bool:
     return type(v) is list and all(type(x) is str for x in v)
 
 
+def _provenance(v: Any) -> bool:
+    return (type(v) is dict and type(v.get("capture", "")) is str and type(v.get("command", "")) is str
+            and type(v.get("git", [])) is list and all(type(g) is dict for g in v.get("git", []))
+            and type(v.get("rerun_of", {})) is dict)
+
+
 def _history(v: Any) -> bool:
     return type(v) is list and all(type(h) is dict and type(h.get("to")) is str for h in v)
 
@@ -238,6 +247,7 @@ _CHECKS: dict[str, Any] = {
     "result": _opt(lambda v: type(v) is dict),
     "error": _opt(lambda v: type(v) is dict),
     "sync": _opt(lambda v: type(v) is dict),
+    "provenance": _opt(_provenance),
     "history": _history,
     "rev": lambda v: _is_int(v) and v >= 0,
 }

@@ -132,6 +132,11 @@ class Layout:
         return self.root / "slurm"
 
     @property
+    def provenance_dir(self) -> Path:
+        """Submit captures and uncommitted diffs, each stored once under its SHA-256."""
+        return self.root / "provenance"
+
+    @property
     def sync_settings(self) -> Path:
         """The experiment's S3 sync settings (never credentials)."""
         return self.sync_dir / "settings.json"
@@ -172,6 +177,18 @@ class Layout:
 
     def run_dir(self, job_id: str) -> RunDir:
         return RunDir.of(self.storage_dir, job_id)
+
+    @classmethod
+    def of_run_dir(cls, run_root: str | os.PathLike[str]) -> Layout:
+        """The experiment a run directory (``<base>/<experiment>/storage/run_<id>``) belongs to."""
+        experiment_root = Path(run_root).absolute().parent.parent
+        return cls(experiment_root.parent, experiment_root.name)
+
+    def provenance_file(self, sha256: str, kind: str) -> Path:
+        """``provenance/<sha256>.diff`` (an uncommitted diff) or ``.json`` (a submit capture)."""
+        if kind not in ("diff", "json") or len(sha256) != 64 or not set(sha256) <= set("0123456789abcdef"):
+            raise ValueError(f"not a provenance blob: {sha256!r}.{kind}")
+        return self.provenance_dir / f"{sha256}.{kind}"
 
     @staticmethod
     def run_dir_relative(job_id: str) -> str:

@@ -22,6 +22,14 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
+def flags_text(rec: JobRecord) -> str:
+    """The sanity flags a trainer put in its result (``flags: [...]``), comma-separated, or ""."""
+    flags = (rec.result or {}).get("flags")
+    if isinstance(flags, str):
+        return flags
+    return ",".join(str(f) for f in flags) if isinstance(flags, list) else ""
+
+
 def _coerce(value: str) -> Any:
     for cast in (int, float):
         try:
@@ -31,7 +39,7 @@ def _coerce(value: str) -> Any:
     return value
 
 
-BUILTIN_COLUMNS = ("status", "duration", "job_id")
+BUILTIN_COLUMNS = ("status", "duration", "job_id", "flags")
 
 
 def result_rows(records: Iterable[JobRecord], metrics: Iterable[str] | None = None) -> list[dict[str, Any]]:
@@ -39,8 +47,8 @@ def result_rows(records: Iterable[JobRecord], metrics: Iterable[str] | None = No
     ``job_id``. A parameter named like a built-in column is shown as ``param:NAME``, a metric
     named like a built-in column or a parameter as ``metric:NAME``: nothing is overwritten."""
     wanted = list(metrics) if metrics else None
-    return [result_row(params_of(rec), (rec.result or {}).get("metrics"), rec.status, rec.duration, rec.id, wanted)
-            for rec in records]
+    return [result_row(params_of(rec), (rec.result or {}).get("metrics"), rec.status, rec.duration, rec.id, wanted,
+                       flags_text(rec)) for rec in records]
 
 
 def summary_rows(rows: Iterable[dict[str, Any]], metrics: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
@@ -49,11 +57,13 @@ def summary_rows(rows: Iterable[dict[str, Any]], metrics: Iterable[str] | None =
     for row in rows:
         started, finished = row.get("started"), row.get("finished")
         duration = None if started is None else max(0.0, (finished if finished is not None else time.time()) - started)
-        yield result_row(row.get("params") or {}, row.get("metrics"), row["status"], duration, row["id"], wanted)
+        flags = row.get("flags")
+        yield result_row(row.get("params") or {}, row.get("metrics"), row["status"], duration, row["id"], wanted,
+                         ",".join(map(str, flags)) if isinstance(flags, list) else (flags or ""))
 
 
 def result_row(params: dict[str, str], metrics: Any, status: str, duration: float | None, job_id: str,
-               wanted: list[str] | None = None) -> dict[str, Any]:
+               wanted: list[str] | None = None, flags: str = "") -> dict[str, Any]:
     row: dict[str, Any] = {}
     for key, value in params.items():
         row[f"param:{key}" if key in BUILTIN_COLUMNS else key] = _coerce(value)
@@ -62,6 +72,8 @@ def result_row(params: dict[str, str], metrics: Any, status: str, duration: floa
     for key, value in flat.items():
         if wanted is None or key in wanted:
             row[f"metric:{key}" if key in BUILTIN_COLUMNS or key in row else key] = value
+    if flags:
+        row["flags"] = flags
     row.update(status=status, duration=round(duration, 3) if duration is not None else None, job_id=job_id)
     return row
 

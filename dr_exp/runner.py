@@ -32,7 +32,7 @@ from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dr_exp import fence, preemption
+from dr_exp import fence, preemption, provenance
 from dr_exp.errors import DrExpError
 from dr_exp.fileio import atomic_write
 from dr_exp.logging.structured_logger import StructuredLogger
@@ -169,6 +169,10 @@ def run_job(spec: dict[str, Any]) -> int:
     logger.log_event("resumed" if resume else "started",
                      {"pid": os.getpid(), "resume_from": spec.get("resume_from"),
                       "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")})
+    try:
+        provenance.record_attempt(run, spec["job_id"], spec["worker_id"], attempt, spec["config"])
+    except Exception as exc:  # noqa: BLE001 - a run without its provenance file still runs
+        logger.log_event("provenance_failed", {"error": f"{type(exc).__name__}: {exc}"[:500]})
     runtime = {"job_id": spec["job_id"], "worker_id": spec["worker_id"], "storage_path": str(run.root),
                "resume_from": str(resume) if resume else None, "attempt": attempt}
     try:

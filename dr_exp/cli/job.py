@@ -45,7 +45,7 @@ def job() -> None:
     """Submit and manage jobs."""
 
 
-def _report(result: SubmitResult) -> None:
+def report_submitted(result: SubmitResult) -> None:
     if result.sweep_id:
         click.echo(f"sweep {result.sweep_id}: submitted {len(result.submitted)} jobs, "
                    f"skipped {len(result.skipped)} duplicates")
@@ -56,13 +56,30 @@ def _report(result: SubmitResult) -> None:
 
 
 @job.command()
-@click.option("--config-path", required=True, help="Directory of job configs, e.g. exp_configs.")
-@click.option("--config-name", required=True, help="Config name in that directory (without .yaml).")
+@click.option("--config-path", default=None, help="Directory of job configs, e.g. exp_configs.")
+@click.option("--config-name", default=None, help="Config name in that directory (without .yaml).")
 @click.option("--overrides", default=None, help='Hydra overrides, e.g. "optimizer.lr=0.01 seed=1".')
+@click.option("--from-bundle", "bundle", default=None, metavar="FILE.zip",
+              help="Queue the run a bundle holds (`job bundle`), with its exact composed config.")
 @submit_options
-def submit(c: Context, config_path: str, config_name: str, overrides: str | None, **queueing: Any) -> None:
+def submit(c: Context, config_path: str | None, config_name: str | None, overrides: str | None, bundle: str | None,
+           **queueing: Any) -> None:
     """Compose a config with Hydra and queue it; prints the job id."""
-    _report(c.exp.submit(config_path, config_name, overrides, **queueing))
+    if bundle is not None:
+        if config_path or config_name or overrides or queueing["searchpath"]:
+            raise DrExpError("--from-bundle reruns the bundle's config as it was; drop --config-path/--config-name/"
+                             "--overrides/--searchpath (or submit a config without --from-bundle)")
+        from dr_exp.bundle import submit_bundle
+
+        result, notes = submit_bundle(c.exp, bundle, tags=queueing["tags"], priority=queueing["priority"],
+                                      max_attempts=queueing["max_attempts"], timeout=queueing["timeout"])
+        report_submitted(result)
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
+        return
+    if not config_path or not config_name:
+        raise DrExpError("give --config-path DIR and --config-name NAME (or --from-bundle FILE.zip)")
+    report_submitted(c.exp.submit(config_path, config_name, overrides, **queueing))
 
 
 @job.command()
@@ -72,7 +89,7 @@ def submit(c: Context, config_path: str, config_name: str, overrides: str | None
 @submit_options
 def sweep(c: Context, config: str, params: str, overrides: str | None, **queueing: Any) -> None:
     """Queue the cartesian product of PARAMS (every point is composed before any is written)."""
-    _report(c.exp.sweep(config, params, overrides, **queueing))
+    report_submitted(c.exp.sweep(config, params, overrides, **queueing))
 
 
 def _row(row: dict, verbose: bool) -> dict:
@@ -162,6 +179,9 @@ def show(c: Context, job_id: str, fmt: str) -> None:
         for key in ("stop_reason", "flags"):
             if rec.result.get(key):
                 lines.append(f"{key.replace('_', ' '):<10} {rec.result[key]}")
+    from dr_exp.provenance import describe
+
+    lines.extend(f"{label:<10} {text}" for label, text in describe(rec.provenance, run))
     if rec.error:
         lines.append(f"error      {rec.error.get('type')}: {rec.error.get('message')}")
         if rec.error.get("traceback_path"):

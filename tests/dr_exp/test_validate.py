@@ -18,9 +18,9 @@ pytestmark = pytest.mark.timeout(240)
 FAST_SETTLE = {"DR_EXP_SETTLE_SECONDS": "0.05"}  # many corrupt records: keep the re-reads short
 
 NULLABLE = {"started_at", "finished_at", "config_path", "config_name", "sweep_id", "timeout", "worker_id", "host",
-            "resume_from", "result", "error", "sync"}
+            "resume_from", "result", "error", "sync", "provenance"}
 REQUIRED = {"id", "experiment", "config", "status", "seq"}
-DICT_FIELDS = {"config", "result", "error", "sync", "sweep_params", "resources"}
+DICT_FIELDS = {"config", "result", "error", "sync", "sweep_params", "resources", "provenance"}
 
 
 def _backdate(path, seconds=120):
