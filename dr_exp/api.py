@@ -182,7 +182,7 @@ class Experiment:
         queueing = self._queueing(priority, tags, max_attempts, timeout, max_worker_losses)
         checked: dict[str, Any] = {}
         for i, c in enumerate(composed):
-            _compose.check_config(_compose.plain_config(c.config, f"config #{i}"), f"config #{i}", checked)
+            _compose.check_config(_compose.plain_config(c.config, f"config #{i}")[0], f"config #{i}", checked)
         return self._queue(composed, True, sweep_id, rerun_of=rerun_of, **queueing)
 
     def _queue(self, composed: list[_compose.ComposedConfig], force: bool, sweep_id: str | None, *,

@@ -178,7 +178,10 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
 
 # -- reruns --------------------------------------------------------------------------------------
 def _composed(rec: JobRecord) -> ComposedConfig:
-    return ComposedConfig(rec.config_path or "", rec.config_name or "", list(rec.overrides), dict(rec.config),
+    config = dict(rec.config)
+    if rec.resources:  # what the job needed from its worker (submit took it out of the config)
+        config["resources"] = dict(rec.resources)
+    return ComposedConfig(rec.config_path or "", rec.config_name or "", list(rec.overrides), config,
                           dict(rec.sweep_params))
 
 

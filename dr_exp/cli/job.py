@@ -14,7 +14,7 @@ from dr_exp.cli.main import Context, cli, pass_ctx
 from dr_exp.cli.output import fmt_time, print_json, print_table, stream_json
 from dr_exp.compose import SEARCHPATH_ENV
 from dr_exp.errors import DrExpError
-from dr_exp.job import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WORKER_LOSSES, DEFAULT_PRIORITY
+from dr_exp.job import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WORKER_LOSSES, DEFAULT_PRIORITY, JobRecord
 from dr_exp.state import FINISHED, Status
 
 _SUBMIT_OPTIONS = [
@@ -107,6 +107,12 @@ def _row(row: dict, verbose: bool) -> dict:
     return out
 
 
+def _failures(rec: JobRecord) -> int:
+    """Attempts (since the last retry) that ended in a failure: the running or successful
+    attempt counts against the budget but has not failed."""
+    return rec.failed_attempts - (1 if rec.status in ("running", "completed", "pruned") else 0)
+
+
 def _sync_text(sync: dict) -> str:
     if not sync:
         return "-"
@@ -166,7 +172,7 @@ def show(c: Context, job_id: str, fmt: str) -> None:
              f"tags       {','.join(rec.tags) or '-'}", f"config     {source}",
              f"overrides  {' '.join(rec.overrides) or '-'}", f"sweep      {rec.sweep_id or '-'} {rec.sweep_params or ''}",
              f"hash       {rec.config_hash[:16]}",
-             (f"attempts   {rec.attempts} ({rec.failed_attempts} failed of {rec.max_attempts} allowed, "
+             (f"attempts   {rec.attempts} ({_failures(rec)} failed of {rec.max_attempts} allowed, "
              f"{rec.preemptions} handed back, {rec.worker_losses} workers lost of {rec.max_worker_losses} allowed)"),
              f"worker     {rec.worker_id or '-'} on {rec.host or '-'}",
              f"created    {fmt_time(rec.created_at)}   started {fmt_time(rec.started_at)}   finished {fmt_time(rec.finished_at)}",
