@@ -395,6 +395,7 @@ class Experiment:
             # budget restarts from here instead of from zero.
             transition(rec, Status.PENDING, "retried by user", attempt_base=rec.attempts, preemptions=0,
                        worker_losses=0, error=None, result=None, finished_at=None, worker_id=None)
+            self.run_dir(rec).unpack()  # it will be written to again
             self.store.write_record(rec)
             self.store.enqueue(rec)
         return rec

@@ -81,10 +81,19 @@ def _run_files(run: RunDir, with_checkpoints: bool) -> list[Path]:
     out = []
     for path in sorted(run.root.rglob("*")):
         rel = path.relative_to(run.root).as_posix()
-        if path.is_file() and not path.is_symlink() and not RunDir.is_private(rel) \
+        if path.is_file() and not path.is_symlink() and not RunDir.is_private(rel) and path != run.packed \
                 and (with_checkpoints or RunDir.checkpoint_kind(rel) is None):
             out.append(path)
     return out
+
+
+def _packed_members(run: RunDir, on_disk: list[Path]) -> list[tuple[str, bytes]]:
+    """The files of a packed run (`dr_exp pack`) that are not on disk, as they were."""
+    if not run.packed.exists():
+        return []
+    with zipfile.ZipFile(run.packed) as zf:
+        names = [n for n in zf.namelist() if not RunDir.is_private(n) and run.root / n not in on_disk]
+        return [(n, zf.read(n)) for n in names]
 
 
 def make_bundle(exp: Experiment, job_id: str, out: str | os.PathLike[str] | None = None,
@@ -121,6 +130,9 @@ def make_bundle(exp: Experiment, job_id: str, out: str | os.PathLike[str] | None
                         dst.write(chunk)
                         total += len(chunk)
                 manifest["files"][name] = {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+            for rel, data in _packed_members(run, files):
+                put(RUN + rel, data)
+                files.append(run.root / rel)
             if run.provenance not in files:  # never ran (or ran before provenance existed): the submit side
                 doc = _provenance.run_document(exp.layout, rec.id, rec, rec.config)
                 put(RUN + run.relative(run.provenance), json.dumps(doc, indent=1, default=str).encode())

@@ -257,7 +257,8 @@ def run_one(c: Context, job_id: str) -> None:
 def logs(c: Context, job_id: str, follow: bool) -> None:
     """Print a job's train.log (the child's stdout and stderr)."""
     rec = c.exp.get(job_id)
-    path = c.exp.run_dir(rec).train_log
+    run = c.exp.run_dir(rec)
+    path = run.train_log
     pos = 0
     finished = False
     while True:
@@ -269,6 +270,11 @@ def logs(c: Context, job_id: str, follow: bool) -> None:
             if chunk:
                 click.echo(chunk.decode(errors="replace"), nl=False)
         except FileNotFoundError:
+            try:  # a packed run (`dr_exp pack`): the log is in its archive
+                click.echo(run.read(path).decode(errors="replace"), nl=False)
+                return
+            except FileNotFoundError:
+                pass
             if not follow:
                 raise DrExpError(f"job {rec.id} has no log yet at {path} (it is {rec.status})") from None
         if not follow or finished:

@@ -197,6 +197,13 @@ class ExperimentReader:
     def _log(self, rec: JobRecord, kind: str) -> JsonlLog:
         rd = self.run_dir(rec)
         path = rd.metrics if kind == "metrics" else rd.events
+        if not path.exists() and rd.packed.exists():  # a finished run packed by `dr_exp pack`
+            log = JsonlLog()
+            try:
+                log.rows = parse_jsonl(rd.read(path), str(path), log.problems)
+            except FileNotFoundError:
+                pass
+            return log
         with self._lock:
             log = self._logs.get((rec.id, kind))
             if log is None:
@@ -253,7 +260,11 @@ class ExperimentReader:
                 fh.seek(start)
                 data = fh.read(size - start)
         except (FileNotFoundError, IsADirectoryError):
-            return {"text": "", "offset": 0, "exists": False, "cut": False}
+            try:  # a packed run: its whole log is in the archive
+                data = self.run_dir(rec).read(path)[-limit:]
+            except FileNotFoundError:
+                return {"text": "", "offset": 0, "exists": False, "cut": False}
+            return {"text": data.decode(errors="replace"), "offset": 0, "exists": True, "cut": False}
         size = start + len(data)
         if skipped and start:
             data = data[data.find(b"\n") + 1:]  # begin at a whole line
@@ -262,7 +273,7 @@ class ExperimentReader:
     def error_text(self, rec: JobRecord, limit: int = TAIL_BYTES) -> str:
         """The job's ``error.txt`` (type, message, traceback), its end if it is long."""
         try:
-            data = read_bytes(self.run_dir(rec).error)
+            data = self.run_dir(rec).read(self.run_dir(rec).error)
         except (FileNotFoundError, IsADirectoryError):
             return ""
         return data[-limit:].decode(errors="replace")
