@@ -286,11 +286,19 @@ class Experiment:
         return out
 
     def counts(self, problems: list[str] | None = None) -> dict[str, int]:
-        """Jobs per state, from the summary (records are not read)."""
+        """Jobs per state, from the summary (records are not read); from the records when the
+        summary disagrees with them on the number of jobs."""
         counts = {s.value: 0 for s in Status}
-        for line in self._summary_lines(problems):
+        seen: list[str] = []
+        for line in self._summary_lines(seen):
             status = status_of(line)
             counts[status] = counts.get(status, 0) + 1
+        if seen and any("the summary lists" in p for p in seen):
+            counts = {s.value: 0 for s in Status}
+            for rec in self.store.iter_records(problems):
+                counts[rec.status] += 1
+        elif problems is not None:
+            problems.extend(seen)
         return counts
 
     def summaries(self, status: str | Iterable[str] | None = None, tags: str | Iterable[str] | None = None,
@@ -310,12 +318,17 @@ class Experiment:
                 continue
             yield row
 
-    def fold_summary(self, force: bool = False) -> bool:
-        """Fold the summary's logs into a new snapshot when they have grown (workers call this
-        now and then; see :mod:`dr_exp.summary`). True if it folded."""
+    def fold_summary(self, force: bool = False) -> str | None:
+        """Keep the summary in shape (workers call this now and then; see :mod:`dr_exp.summary`):
+        rebuild it from the records if it is damaged, else fold its logs into a new snapshot when
+        they have grown. Says what it did, or None."""
         if not self.store.exists():
-            return False
-        return Summary(self.layout).compact(force)
+            return None
+        summary = Summary(self.layout)
+        damage = summary.damage()
+        if damage:
+            return f"rebuilt the job summary from {self.rebuild_summary()} records ({damage})"
+        return "folded the job summary" if summary.compact(force) else None
 
     def rebuild_summary(self) -> int:
         """Rebuild the summary from the records alone; returns the number of jobs."""

@@ -192,6 +192,22 @@ class Summary:
             counts[status] = counts.get(status, 0) + 1
         return counts
 
+    def damage(self) -> str | None:
+        """Why the summary cannot be trusted (cheap checks: no reading of lines), or None: it was
+        never folded, its snapshot is missing, or a log is shorter than what was folded of it."""
+        meta_path = self.dir / META
+        if not meta_path.exists():
+            return "it has no snapshot yet"
+        if not (self.dir / SNAPSHOT).exists():
+            return "its snapshot is missing"
+        for name, offset in self._meta()["offsets"].items():
+            try:
+                if os.stat(self.dir / name).st_size < offset:
+                    return f"log {name} was cut short"
+            except FileNotFoundError:
+                continue
+        return None
+
     def unfolded_bytes(self) -> int:
         offsets = self._meta()["offsets"]
         total = 0

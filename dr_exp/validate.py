@@ -19,6 +19,7 @@ from dr_exp.fileio import list_dir, read_bytes
 from dr_exp.job import FIELD_NAMES, JobRecord
 from dr_exp.layout import is_job_id, parse_marker
 from dr_exp.state import Status
+from dr_exp.summary import Summary
 
 STALE_TMP_SECONDS = 3600
 
@@ -51,7 +52,9 @@ def validate(exp: Experiment, fix: bool = False, rebuild_index: bool = False) ->
 
 def _check_summary(exp: Experiment, fix: bool, force: bool, report: Report) -> None:
     """The summary (what status, list and results read) must agree with the records."""
-    seen = {row["id"]: row for row in exp.summaries()}
+    summary = Summary(exp.layout)
+    damage = summary.damage() if summary.exists() else "it does not exist"
+    seen = {row["id"]: row for row in summary.rows()} if summary.exists() else {}
     disagree = []
     for rec in exp.store.iter_records():
         row = seen.pop(rec.id, None)
@@ -61,7 +64,9 @@ def _check_summary(exp: Experiment, fix: bool, force: bool, report: Report) -> N
     if stale:
         report.problems.append(f"the job summary disagrees with the records for {stale} jobs "
                                f"(e.g. {(disagree or list(seen))[0]}); `dr_exp validate --rebuild-index` rebuilds it")
-    if (stale and fix) or force:
+    elif damage and damage != "it has no snapshot yet":
+        report.problems.append(f"the job summary is damaged ({damage}); `dr_exp validate --rebuild-index` rebuilds it")
+    if (report.problems and (stale or damage) and fix) or force:
         report.fixed.append(f"rebuilt the job summary from {exp.rebuild_summary()} records")
 
 

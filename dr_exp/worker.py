@@ -244,7 +244,8 @@ class Worker:
         deadline = time.monotonic() + self.opts.max_hours * 3600 if self.opts.max_hours else None
         idle_since = time.monotonic()
         next_recover = 0.0
-        next_fold = time.monotonic() + FOLD_SECONDS * random.uniform(0, 1)
+        self.fold_seconds = env_float("DR_EXP_FOLD_SECONDS", FOLD_SECONDS)
+        next_fold = time.monotonic() + self.fold_seconds * random.uniform(0, 1)
         self.log.info("worker %s started (pid %d, experiment %s)", self.worker_id, os.getpid(), self.exp.store.root)
         while not self.signals:
             if self.opts.max_jobs is not None and self.jobs_done >= self.opts.max_jobs:
@@ -261,8 +262,10 @@ class Worker:
                     next_recover = now + max(1.0, self.opts.lease_seconds / 2)
                     self._alive()
                 if now >= next_fold:  # jittered, so a thousand workers do not look at once
-                    self.exp.fold_summary()
-                    next_fold = now + FOLD_SECONDS * random.uniform(0.5, 1.5)
+                    what = self.exp.fold_summary()
+                    if what:
+                        self.log.info("%s", what)
+                    next_fold = now + self.fold_seconds * random.uniform(0.5, 1.5)
                 attempt = self.exp.claim(self.worker_id, self.opts.lease_seconds, gpus=self.gpus)
             except (StorageError, OSError) as exc:
                 self._io_trouble(exc, deadline)
