@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from dr_exp import compose as _compose
-from dr_exp import provenance as _provenance
 from dr_exp.claim import DEFAULT_REFRESH_SECONDS, Claimer
 from dr_exp.errors import CorruptRecord, DrExpError, JobNotFound, StorageError
 from dr_exp.job import (
@@ -42,7 +41,7 @@ from dr_exp.layout import MAX_PRIORITY, MIN_PRIORITY, Layout, parse_marker
 from dr_exp.rundir import RunDir
 from dr_exp.state import FINISHED, Ending, Status, next_after, transition
 from dr_exp.store import NO_SPACE, ExperimentStore, storage_error
-from dr_exp.summary import Summary, status_of, summary_line
+from dr_exp.summary import Summary, gpus_of, raw_status, summary_line
 
 DEFAULT_BASE_PATH = "./dr_exp_runs"
 DEFAULT_EXPERIMENT = "default"
@@ -189,7 +188,9 @@ class Experiment:
                priority: int, tags: list[str], max_attempts: int | None, timeout: float | None,
                max_worker_losses: int | None, rerun_of: list[dict[str, Any]] | None = None) -> SubmitResult:
         # Provenance once per batch (git state, packages, command line); each record gets a small summary.
-        capture = _provenance.capture_submit((c.config_path, str(c.config.get("_target_", ""))) for c in composed)
+        from dr_exp import provenance  # only submitting needs it (git, package versions)
+
+        capture = provenance.capture_submit((c.config_path, str(c.config.get("_target_", ""))) for c in composed)
         records = []
         for i, c in enumerate(composed):
             config = dict(c.config)
@@ -285,20 +286,34 @@ class Experiment:
         out.sort(key=lambda r: (-r.priority, r.seq))
         return out
 
-    def counts(self, problems: list[str] | None = None) -> dict[str, int]:
+    def counts(self, problems: list[str] | None = None, pending_by_gpus: dict[int, int] | None = None
+               ) -> dict[str, int]:
         """Jobs per state, from the summary (records are not read); from the records when the
-        summary disagrees with them on the number of jobs."""
-        counts = {s.value: 0 for s in Status}
+        summary disagrees with them on the number of jobs. ``pending_by_gpus`` is filled with
+        the pending jobs per resource class (GPUs needed) on the way."""
+        raw: dict[bytes, int] = {}
+        by_gpus: dict[int, int] = {}
         seen: list[str] = []
         for line in self._summary_lines(seen):
-            status = status_of(line)
-            counts[status] = counts.get(status, 0) + 1
-        if seen and any("the summary lists" in p for p in seen):
-            counts = {s.value: 0 for s in Status}
+            status = raw_status(line)
+            raw[status] = raw.get(status, 0) + 1
+            if status == b"pending":
+                gpus = gpus_of(line)
+                by_gpus[gpus] = by_gpus.get(gpus, 0) + 1
+        counts = {s.value: 0 for s in Status}
+        if any("the summary lists" in p for p in seen):
+            by_gpus.clear()
             for rec in self.store.iter_records(problems):
                 counts[rec.status] += 1
-        elif problems is not None:
-            problems.extend(seen)
+                if rec.status == Status.PENDING:
+                    by_gpus[rec.gpus] = by_gpus.get(rec.gpus, 0) + 1
+        else:
+            for status, n in raw.items():
+                counts[status.decode()] = n
+            if problems is not None:
+                problems.extend(seen)
+        if pending_by_gpus is not None:
+            pending_by_gpus.update(by_gpus)
         return counts
 
     def summaries(self, status: str | Iterable[str] | None = None, tags: str | Iterable[str] | None = None,
@@ -306,12 +321,9 @@ class Experiment:
         """Summary rows of the jobs (id, status, priority, params, metrics...; see
         :mod:`dr_exp.summary`), filtered, streamed: no record is read, memory does not grow with
         the number of jobs."""
-        statuses = parse_statuses(status)
         want_tags = set(parse_tags(tags))
-        for line in self._summary_lines(problems):
-            if statuses and status_of(line) not in statuses:
-                continue
-            row = json.loads(line)
+        for line in self.summary_lines(status, problems):
+            row = json.loads(line.decode())
             if want_tags and not want_tags.issubset(row.get("tags") or ()):
                 continue
             if sweep_id and not (row.get("sweep") or "").startswith(sweep_id):
@@ -335,6 +347,15 @@ class Experiment:
         self.require()
         return Summary(self.layout).rebuild(self.store.iter_records())
 
+    def summary_lines(self, status: str | Iterable[str] | None = None,
+                      problems: list[str] | None = None) -> Iterator[bytes]:
+        """The summary's lines (JSON, one job each), filtered by status without parsing them."""
+        statuses = parse_statuses(status)
+        wanted = {s.encode() for s in statuses} if statuses else None
+        for line in self._summary_lines(problems):
+            if wanted is None or raw_status(line) in wanted:
+                yield line
+
     def _summary_lines(self, problems: list[str] | None) -> Iterator[bytes]:
         if not self.store.exists():
             return
@@ -352,14 +373,6 @@ class Experiment:
             if on_disk != n:
                 problems.append(f"the summary lists {n} jobs but {on_disk} records exist (a crash mid-write, or "
                                 "files changed by hand); `dr_exp validate --rebuild-index` rebuilds it")
-
-    def pending_by_class(self) -> dict[int, int]:
-        """Pending jobs per resource class (GPUs needed), from the summary."""
-        out: dict[int, int] = {}
-        for row in self.summaries(status=Status.PENDING.value):
-            gpus = int(row.get("gpus") or 0)
-            out[gpus] = out.get(gpus, 0) + 1
-        return out
 
     def live_workers(self, within: float) -> list[dict[str, Any]]:
         """Workers seen within the last ``within`` seconds (they refresh ``logs/<id>.env.json``),

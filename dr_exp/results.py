@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,44 @@ def summary_rows(rows: Iterable[dict[str, Any]], metrics: Iterable[str] | None =
         flags = row.get("flags")
         yield result_row(row.get("params") or {}, row.get("metrics"), row["status"], duration, row["id"], wanted,
                          ",".join(map(str, flags)) if isinstance(flags, list) else (flags or ""))
+
+
+def top_summary_rows(lines: Callable[[], Iterable[bytes]], key: str, reverse: bool, limit: int,
+                     metrics: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """``results --sort KEY --limit N`` over summary lines (``lines()`` streams them). For a
+    metric, its value is found in each line without parsing the line, and only the top N lines
+    are parsed into result rows: a million jobs cost one pass and a few N rows of memory. Rows
+    without the key come last."""
+    def general() -> list[dict[str, Any]]:
+        return sort_rows(summary_rows((json.loads(line.decode()) for line in lines()), metrics), key, reverse, limit)
+
+    if key.startswith("param:") or key in BUILTIN_COLUMNS:
+        return general()
+    metric = key[7:] if key.startswith("metric:") else key
+    pattern = re.compile(rb'"metrics":\{.*?"' + re.escape(metric.encode()) + rb'":(-?[0-9][0-9.eE+-]*|NaN|-?Infinity)')
+    present: list[tuple[Any, int, bytes]] = []
+    missing: list[bytes] = []
+    for i, line in enumerate(lines()):
+        m = pattern.search(line)
+        if m is None:
+            if len(missing) < limit:
+                missing.append(line)
+            continue
+        present.append((float(m.group(1)), i, line))
+        if len(present) > 4 * limit:
+            present = _nbest(present, reverse, limit)
+    if not present:
+        return general()  # not a metric of any job: a parameter, perhaps
+    chosen = [line for _, _, line in _nbest(present, reverse, limit)] + missing
+    return list(summary_rows((json.loads(line.decode()) for line in chosen[:limit]), metrics))
+
+
+def _nbest(items: list[tuple[Any, int, dict[str, Any]]], reverse: bool, limit: int) -> list[tuple[Any, int, dict[str, Any]]]:
+    try:
+        items.sort(key=lambda t: (t[0], t[1]), reverse=reverse)
+    except TypeError:
+        items.sort(key=lambda t: (str(t[0]), t[1]), reverse=reverse)
+    return items[:limit]
 
 
 def result_row(params: dict[str, str], metrics: Any, status: str, duration: float | None, job_id: str,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -35,6 +36,7 @@ SNAPSHOT = "snapshot.jsonl"
 META = "snapshot.json"
 LOG_PREFIX = "log-"
 REMOVED = "removed"
+_REMOVED = b'"status":"removed"'
 # Fold the logs into a new snapshot once their unfolded tails hold this many bytes.
 COMPACT_BYTES = 8 * 1024 * 1024
 IDLE_LOG_SECONDS = 3600.0
@@ -78,8 +80,21 @@ def _rev(line: bytes) -> int:
 
 
 def status_of(line: bytes) -> str:
-    start = line.index(b'"status":"', 43) + 10
-    return line[start:line.index(b'"', start)].decode()
+    return raw_status(line).decode()
+
+
+def raw_status(line: bytes) -> bytes:
+    """The status of a summary line, without parsing the line."""
+    start = line.find(b'"status":"', 51) + 10
+    return line[start:line.find(b'"', start)]
+
+
+_GPUS = re.compile(rb'"gpus":(\d+)')
+
+
+def gpus_of(line: bytes) -> int:
+    m = _GPUS.search(line)
+    return int(m.group(1)) if m else 0
 
 
 class SummaryWriter:
@@ -171,26 +186,20 @@ class Summary:
                 for line in fh:
                     if not line.endswith(b"\n") or not line.startswith(b'{"id":"'):
                         continue
-                    job_id = line[_ID].decode()
-                    newer = tails.pop(job_id, None)
-                    if newer is not None and _rev(newer) > _rev(line):
-                        line = newer
-                    if status_of(line) != REMOVED:
+                    if tails:
+                        newer = tails.pop(line[_ID].decode(), None)
+                        if newer is not None and _rev(newer) > _rev(line):
+                            line = newer
+                    if _REMOVED not in line:
                         yield line
         for line in tails.values():
-            if status_of(line) != REMOVED:
+            if _REMOVED not in line:
                 yield line
 
     def rows(self) -> Iterator[dict[str, Any]]:
         for line in self.lines():
             yield json.loads(line)
 
-    def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for line in self.lines():
-            status = status_of(line)
-            counts[status] = counts.get(status, 0) + 1
-        return counts
 
     def damage(self) -> str | None:
         """Why the summary cannot be trusted (cheap checks: no reading of lines), or None: it was

@@ -58,12 +58,12 @@ def status(c: Context, watch: bool, interval: float, until_done: bool) -> None:
         return
     problems: list[str] = []
     c.exp.require()
-    counts = c.exp.counts(problems)
+    pending: dict[int, int] = {}
+    counts = c.exp.counts(problems, pending)
     click.echo(f"experiment {c.exp.name} at {c.exp.store.root}")
     print_table([{"status": k, "jobs": v} for k, v in counts.items()] + [{"status": "total", "jobs": sum(counts.values())}],
                 ["status", "jobs"])
-    if counts.get("pending"):
-        _why_pending(c.exp, c.exp.pending_by_class())
+    _why_pending(c.exp, pending)
     from dr_exp.cli.system import print_allocations
     print_allocations(c.exp)
     for p in problems:

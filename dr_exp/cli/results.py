@@ -11,7 +11,7 @@ import click
 
 from dr_exp.cli.main import Context, cli, pass_ctx
 from dr_exp.cli.output import print_json, print_table, stream_json
-from dr_exp.results import columns_of, sort_rows, summary_rows
+from dr_exp.results import columns_of, sort_rows, summary_rows, top_summary_rows
 
 
 @cli.command()
@@ -31,12 +31,18 @@ def results(c: Context, status: str | None, sweep_id: str | None, tags: str | No
     summary: no record is read)."""
     problems: list[str] = []
     wanted = [m for m in metrics.split(",") if m] if metrics else None
-    rows: Iterable[dict] = summary_rows(c.exp.summaries(status=status, sweep_id=sweep_id, tags=tags,
-                                                        problems=problems), wanted)
-    if sort_key:
-        rows = sort_rows(rows, sort_key, reverse, limit)
+    found = c.exp.summaries(status=status, sweep_id=sweep_id, tags=tags, problems=problems)
+    rows: Iterable[dict]
+    if sort_key and limit and not (tags or sweep_id):
+        rows = top_summary_rows(lambda: c.exp.summary_lines(status, problems), sort_key, reverse, limit, wanted)
+    elif sort_key and limit:
+        rows = sort_rows(summary_rows(found, wanted), sort_key, reverse, limit)
+    elif sort_key:
+        rows = sort_rows(summary_rows(found, wanted), sort_key, reverse)
     elif limit:
-        rows = itertools.islice(rows, limit)
+        rows = itertools.islice(summary_rows(found, wanted), limit)
+    else:
+        rows = summary_rows(found, wanted)
     if fmt in ("json", "jsonl"):
         stream_json(rows, lines=fmt == "jsonl")
     elif fmt == "csv":
