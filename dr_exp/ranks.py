@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from dr_exp.errors import ConfigError
@@ -52,7 +52,7 @@ def _count_devices(devices: Any, on_gpu: bool, gpus: Callable[[], int]) -> int |
     """``trainer.devices`` as a number of processes, as Lightning reads it (None: let it decide)."""
     if isinstance(devices, bool):
         return None
-    if isinstance(devices, list | tuple):
+    if isinstance(devices, Sequence) and not isinstance(devices, str):
         return len(devices)
     if isinstance(devices, str):
         text = devices.strip()

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from dr_exp.errors import ConfigError
+from dr_exp.fileio import read_jsonl
 from dr_exp.ranks import local_world_size, merge_failure
-from tests.conftest import run_cli
+from tests.conftest import EXP_CONFIGS, run_cli
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -92,6 +93,27 @@ def test_the_rule_agrees_with_decon_cnn_on_this_machine(trainer):
         devices = kw["devices"]
         count = len(devices) if isinstance(devices, list) else (1 if devices == "auto" else int(devices))
         assert n == (count if kw["strategy"] != "auto" or count > 1 else 1)
+
+
+def test_any_trainer_whose_config_asks_for_ddp_gets_ranks(base, exp):
+    """Generic, torch-free: the noop trainer with a `trainer:` section asking for 2 CPU ranks runs
+    twice, in one process group, and reports once; a spawning strategy fails at once."""
+    two = exp.submit(str(EXP_CONFIGS), "noop", "duration=0.5 +trainer.accelerator=cpu +trainer.devices=2 "
+                     "+trainer.strategy=ddp").submitted[0].id
+    spawn = exp.submit(str(EXP_CONFIGS), "noop", "+trainer.accelerator=cpu +trainer.devices=2 "
+                       "+trainer.strategy=ddp_spawn").submitted[0].id
+    out = run_cli("system", "worker", "--idle-timeout", "0", base=base)
+    assert out.returncode == 0, out.stderr
+    rec = exp.get(two)
+    assert rec.status == "completed", (rec.error, exp.run_dir(two).tail())
+    events = read_jsonl(exp.run_dir(two).events)
+    started = next(e for e in events if e["event"] == "ranks_started")
+    assert started["world_size"] == 2 and started["pgid"] == started["pids"][0]
+    assert [e["event"] for e in events].count("completed") == 1
+    assert "rank 1 of 2" in exp.run_dir(two).train_log.read_text()
+    refused = exp.get(spawn)
+    assert refused.status == "failed" and refused.attempts == 1, refused.history  # fatal: not retried
+    assert refused.error["message"].endswith("use trainer.strategy=ddp (dr_exp starts the ranks)")
 
 
 def test_only_rank_0_writes_the_run_directory(tmp_path, monkeypatch):

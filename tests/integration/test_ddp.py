@@ -60,7 +60,10 @@ def test_two_rank_job_learns_writes_once_and_the_worker_claims_nothing_meanwhile
                   "--overrides", f"{DDP} trainer.max_epochs=2", "--priority", "900", base=base)
     assert out.returncode == 0, out.stderr
     ddp = out.stdout.strip().splitlines()[-1]
-    spawn_refused = submit(exp, "trainer.devices=2 trainer.strategy=ddp_spawn", priority=800)
+    spawn = run_cli("job", "submit", "--config-path", "exp_configs", "--config-name", "quickstart",
+                    "--overrides", "trainer.devices=2 trainer.strategy=ddp_spawn", base=base)
+    assert spawn.returncode == 2 and spawn.stderr.count("\n") == 1, spawn.stderr
+    assert "use trainer.strategy=ddp (dr_exp starts the ranks)" in spawn.stderr
     after = submit(exp, "duration=0", "noop")
     worker = run_cli("system", "worker", "--idle-timeout", "0", base=base, timeout=200)
     assert worker.returncode == 0, worker.stderr
@@ -81,14 +84,10 @@ def test_two_rank_job_learns_writes_once_and_the_worker_claims_nothing_meanwhile
     assert sorted(p.name for p in run.checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
     assert_group_gone(started["pgid"])
 
-    refused = exp.get(spawn_refused)
-    assert refused.status == "failed" and refused.attempts == 1, refused.history  # fatal: not retried
-    assert "use trainer.strategy=ddp" in refused.error["message"]
-
     # One worker did everything, one job after the other: rank 1 never became a second worker.
     later = exp.get(after)
     assert later.status == "completed" and later.started_at >= rec.finished_at
-    assert {rec.worker_id, refused.worker_id, later.worker_id} == {rec.worker_id}
+    assert later.worker_id == rec.worker_id
     assert len(list(exp.layout.worker_env(rec.worker_id).parent.glob("*.env.json"))) == 1
 
 
