@@ -183,7 +183,8 @@ class RankGroup:
         run_id = f"{spec['job_id']}-{spec['attempt']}"
         os.environ.update(rank_env(0, world_size, port, run_id))
         procs, reports = [], []
-        payload = json.dumps({**spec, "rank0_pid": os.getpid()}, default=str).encode()
+        # sys.path too, as multiprocessing's spawn does: the trainer must import as it did here.
+        payload = json.dumps({**spec, "rank0_pid": os.getpid(), "sys_path": sys.path}, default=str).encode()
         # Blocked until a rank has its handler: a pre-emption signal sent to the job's process
         # group meanwhile waits instead of killing the rank (a blocked mask survives exec).
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
@@ -200,8 +201,11 @@ class RankGroup:
                 procs.append(proc)
                 reports.append(read_end)
                 assert proc.stdin is not None
-                proc.stdin.write(payload)
-                proc.stdin.close()
+                try:
+                    proc.stdin.write(payload)
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass  # the rank died at once; the watch reports how
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         return cls(world_size, procs, reports)
@@ -300,6 +304,7 @@ def _rank_main() -> int:
     from dr_exp.runner import TrainerExit, _call_trainer, _die_with, _is_fatal
 
     spec = json.loads(sys.stdin.buffer.read())
+    sys.path[:] = [p for p in spec.get("sys_path", []) if isinstance(p, str)] or sys.path
     preemption.install_handler(signal.SIGUSR1)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # blocked by rank 0 until now
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -308,6 +313,8 @@ def _rank_main() -> int:
         return 1
     _die_with(rank0)
     report_fd = int(os.environ.pop("DR_EXP_RANK_REPORT_FD", "-1"))
+    if report_fd >= 0:
+        os.set_inheritable(report_fd, False)  # for rank 0's ears only, not for what the trainer runs
     rank, world = current_rank(), os.environ.get("WORLD_SIZE")
     print(f"[dr_exp] job {spec['job_id']} rank {rank} of {world} (pid {os.getpid()})", flush=True)
     runtime = {"job_id": spec["job_id"], "worker_id": spec["worker_id"], "storage_path": spec["run_dir"],
