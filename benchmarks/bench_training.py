@@ -6,17 +6,28 @@ Both train the same model for the same epochs; the first epoch is warm-up and no
     python -m benchmarks.bench_training [--model small_cnn] [--epochs 4] [--device cpu|cuda]
     python -m benchmarks.bench_training --model resnet18_cifar --device cuda --precision bf16-mixed \
         --channels-last [--compile] --batch 512 --images 50000
+    python -m benchmarks.bench_training --share 1,2,4 --device cuda [--epochs 6]
 
 Both loops do the same work: no gradient clipping, no validation; decon_cnn keeps its per-epoch
 summary, metrics logger and sanity checks, which are part of what it costs.
+
+``--share 1,2,4`` answers "how many workers per GPU?" (``launcher --workers-per-gpu``): K
+processes train the decon_cnn loop at once on the same device (as K workers pinned to one GPU
+do), started together after each has built its model and data; aggregate images/s over the
+window in which they all trained, against one process alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -35,22 +46,34 @@ MODELS = {"small_cnn": models.SmallCNN, "resnet18_cifar": models.resnet18_cifar,
 
 
 class EpochTimer(pl.Callback):
-    def __init__(self) -> None:
+    """Times each training epoch; with ``barrier``, waits at the start of training until the
+    parent says go (so that processes sharing a device train at the same time)."""
+
+    def __init__(self, barrier: Path | None = None) -> None:
         self.times: list[float] = []
-        self._t0 = 0.0
+        self.spans: list[tuple[float, float]] = []  # wall-clock (start, end) of each epoch
+        self._t0 = self._wall0 = 0.0
+        self.barrier = barrier
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.barrier is not None:
+            (self.barrier / f"ready-{os.getpid()}").touch()
+            while not (self.barrier / "go").exists():
+                time.sleep(0.01)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        self._t0 = time.perf_counter()
+        self._t0, self._wall0 = time.perf_counter(), time.time()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.times.append(time.perf_counter() - self._t0)
+        self.spans.append((self._wall0, time.time()))
 
 
-def lightning_run(args: argparse.Namespace, n_images: int) -> float:
+def lightning_run(args: argparse.Namespace, n_images: int, timer: EpochTimer | None = None) -> float:
     accelerator = "cpu" if args.device == "cpu" else "gpu"
     config = compose_one("exp_configs", "quickstart", [
         f"model={args.model}", f"trainer.max_epochs={args.epochs}", f"data.batch_size={args.batch}",
@@ -59,7 +82,7 @@ def lightning_run(args: argparse.Namespace, n_images: int) -> float:
         f"trainer.precision={args.precision}", f"channels_last={str(args.channels_last).lower()}",
         f"compile={str(args.compile).lower()}", "test=false"]).config
     config.pop("_target_")
-    timer = EpochTimer()
+    timer = timer or EpochTimer()
     with tempfile.TemporaryDirectory() as tmp:
         train(OmegaConf.create(config), RunOptions(logger=StructuredLogger(tmp, "bench", "bench"), callbacks=[timer]))
     return n_images * (args.epochs - 1) / sum(timer.times[1:])
@@ -98,6 +121,41 @@ def hand_loop(args: argparse.Namespace, n_images: int) -> float:
     return n_images * (args.epochs - 1) / sum(times[1:])
 
 
+def shared_device(args: argparse.Namespace, counts: list[int]) -> None:
+    """K processes training at once on one device, for each K in ``counts``."""
+    rows, base = [], None
+    for k in counts:
+        with tempfile.TemporaryDirectory() as barrier:
+            cmd = [sys.executable, "-m", "benchmarks.bench_training", "--one", barrier, "--model", args.model,
+                   "--epochs", str(args.epochs), "--batch", str(args.batch), "--images", str(args.images),
+                   "--device", args.device, "--precision", args.precision]
+            cmd += ["--channels-last"] * args.channels_last + ["--compile"] * args.compile
+            procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(k)]
+            while len(list(Path(barrier).glob("ready-*"))) < k:
+                if any(p.poll() not in (None, 0) for p in procs):
+                    raise SystemExit(f"a training process failed: {cmd}")
+                time.sleep(0.05)
+            (Path(barrier) / "go").touch()
+            spans = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+        start, end = max(s["start"] for s in spans), min(s["end"] for s in spans)  # all of them training
+        images = sum(s["images"] * max(0.0, end - start) / (s["end"] - s["start"]) for s in spans)
+        rate = images / (end - start) if end > start else float("nan")
+        base = base or rate
+        rows.append({"processes": k, "aggregate_images_per_s": f"{rate:.0f}", "per_process": f"{rate / k:.0f}",
+                     "vs_one": f"{rate / base:.2f}"})
+    print(f"{args.model}, batch {args.batch}, {args.images} images/epoch, device {args.device}, "
+          f"precision {args.precision}, channels_last {args.channels_last}, compile {args.compile}")
+    print(table(rows, ["processes", "aggregate_images_per_s", "per_process", "vs_one"]))
+
+
+def one_of_several(args: argparse.Namespace) -> None:
+    """A child of --share: train, then print the timed epochs' window and image count as JSON."""
+    timer = EpochTimer(Path(args.one))
+    lightning_run(args, args.images, timer)
+    start, end = timer.spans[1][0], timer.spans[-1][1]  # the first epoch is warm-up
+    print(json.dumps({"start": start, "end": end, "images": args.images * (len(timer.spans) - 1)}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="small_cnn")
@@ -108,8 +166,14 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true", help="32-true or bf16-mixed (GPU)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (both loops)")
+    parser.add_argument("--share", help="K1,K2,...: K processes training at once on one device (e.g. 1,2,4)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one process of --share
     args = parser.parse_args()
+    if args.one:
+        return one_of_several(args)
     print(f"machine: {machine()}; device {args.device}; torch {torch.__version__}")
+    if args.share:
+        return shared_device(args, [int(k) for k in args.share.split(",")])
     hand = hand_loop(args, args.images)
     light = lightning_run(args, args.images)
     hand2 = hand_loop(args, args.images)  # again, so drift on a shared machine shows

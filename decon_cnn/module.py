@@ -58,7 +58,7 @@ class ClassificationModule(pl.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         self.train_acc(logits, y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True)  # mean over ranks, once an epoch
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 

@@ -90,8 +90,39 @@ def _warn(message: str) -> None:
     log.warning(message)
 
 
+def _device_count(devices: Any, on_gpu: bool) -> int | None:
+    """``trainer.devices`` as a number of processes, as Lightning reads it (None: let it decide)."""
+    if isinstance(devices, bool):
+        return None
+    if isinstance(devices, list | tuple):
+        return len(devices)
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text == "auto":
+            return torch.cuda.device_count() if on_gpu else 1
+        if "," in text:
+            return len([d for d in text.split(",") if d.strip()])
+        try:
+            devices = int(text)
+        except ValueError:
+            return None
+    if isinstance(devices, int):
+        if devices == -1:
+            return torch.cuda.device_count() if on_gpu else None
+        return devices if devices >= 1 else None
+    return None
+
+
 def resolve_trainer_kwargs(trainer_cfg: Any) -> dict[str, Any]:
-    """``trainer.*`` as pl.Trainer kwargs, with the fallbacks a user expects on this machine."""
+    """``trainer.*`` as pl.Trainer kwargs, with the fallbacks a user expects on this machine.
+
+    Falls back, with a warning: a GPU accelerator for one device on a machine without a GPU (to
+    the CPU), 16-bit precision without a GPU (32-true), bf16 on a GPU without it (16-mixed), a
+    DDP strategy with one device (auto). Refuses (:class:`DeconError`): more devices than GPUs are
+    visible, FSDP without GPUs, a key Lightning does not know. GPU runs default to
+    ``benchmark=True`` (cuDNN picks the fastest kernels for the fixed image shape) unless
+    ``trainer.benchmark`` or ``trainer.deterministic`` says otherwise.
+    """
     kw = OmegaConf.to_container(trainer_cfg, resolve=True) if OmegaConf.is_config(trainer_cfg) else dict(trainer_cfg)
     allowed = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
     for key in kw:
@@ -101,10 +132,22 @@ def resolve_trainer_kwargs(trainer_cfg: Any) -> dict[str, Any]:
             raise DeconError(f"trainer.{key} is not a pytorch_lightning.Trainer argument; remove it or fix the spelling")
     cuda = torch.cuda.is_available()
     accelerator = str(kw.get("accelerator", "auto"))
+    devices = kw.get("devices", "auto")
     if accelerator in ("gpu", "cuda") and not cuda:
+        wanted = _device_count(devices, True)
+        if wanted is not None and wanted > 1:
+            raise DeconError(f"trainer.devices={devices} asks for {wanted} GPUs but none is visible; lower "
+                             "trainer.devices or run where GPUs are visible")
         _warn(f"trainer.accelerator={accelerator} but no GPU is visible; falling back to cpu")
         kw["accelerator"] = accelerator = "cpu"
+        kw["devices"] = devices = 1
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda)
+    n_devices = _device_count(devices, on_gpu)
+    if on_gpu and n_devices is not None and n_devices > torch.cuda.device_count():
+        visible = torch.cuda.device_count()
+        raise DeconError(f"trainer.devices={devices} asks for {n_devices} GPUs but {visible} "
+                         f"{'is' if visible == 1 else 'are'} visible; lower trainer.devices or run where that many "
+                         "GPUs are visible")
     precision = str(kw.get("precision", "32-true"))
     if not on_gpu and precision in ("16", "16-mixed", "16-true", "bf16", "bf16-mixed", "bf16-true"):
         _warn(f"trainer.precision={precision} needs a GPU; falling back to 32-true on this machine")
@@ -113,11 +156,13 @@ def resolve_trainer_kwargs(trainer_cfg: Any) -> dict[str, Any]:
         _warn(f"trainer.precision={precision} is not supported by this GPU; falling back to 16-mixed")
         kw["precision"] = "16-mixed"
     strategy = str(kw.get("strategy", "auto"))
-    devices = kw.get("devices", 1)
-    n_devices = len(devices) if isinstance(devices, list | tuple) else (devices if isinstance(devices, int) else None)
-    if strategy.startswith("ddp") and (n_devices == 1 or (not on_gpu and n_devices in (None, 1))):
+    if strategy.startswith("fsdp") and not on_gpu:
+        raise DeconError(f"trainer.strategy={strategy} needs CUDA GPUs; use trainer.strategy=ddp on the CPU")
+    if strategy.startswith("ddp") and (n_devices == 1 or (not on_gpu and n_devices is None)):
         _warn(f"trainer.strategy={strategy} with one device; falling back to strategy=auto")
         kw["strategy"] = "auto"
+    if on_gpu and kw.get("benchmark") is None and not kw.get("deterministic"):
+        kw["benchmark"] = True
     return kw
 
 
@@ -254,6 +299,8 @@ def train(cfg: DictConfig | Mapping[str, Any], run: RunOptions | None = None) ->
     if not preempted and cfg.get("test", True) and _has_test(datamodule, module):
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         metrics.update({k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith("test/")})
+    if trainer.strategy.root_device.type == "cuda":  # this rank's device; `results --sort` can use it
+        metrics["gpu/peak_memory_mb"] = torch.cuda.max_memory_allocated(trainer.strategy.root_device) / 2**20
 
     result = TrainResult(
         metrics=metrics, epochs=trainer.current_epoch, global_step=trainer.global_step, preempted=preempted,

@@ -5,6 +5,11 @@ attempt ended in its outcome file (:meth:`RunDir.outcome`), which the worker rea
 can tell a clean end from a crash by whether the outcome file exists, whatever happened to the
 child, and it alone turns the outcome into a record change (and ``error.txt``).
 
+A job whose trainer config asks for several processes on this node (DDP: see
+:func:`dr_exp.ranks.local_world_size`) runs them here: this process is rank 0 and starts the
+other ranks as its children, in its process group (:class:`dr_exp.ranks.RankGroup`). Only rank 0
+writes the run directory and reports; a rank that dies fails the job, naming the rank.
+
 The trainer contract: a target with a ``config`` (or ``cfg``) parameter receives the composed
 config as a ``DictConfig`` plus the runtime keywords it declares (``job_id``, ``worker_id``,
 ``storage_path``, ``resume_from``, ``attempt``); any other target receives the config's keys as
@@ -36,12 +41,16 @@ from dr_exp import fence, preemption, provenance
 from dr_exp.errors import DrExpError
 from dr_exp.fileio import atomic_write
 from dr_exp.logging.structured_logger import StructuredLogger
+from dr_exp.ranks import RankGroup, local_world_size, merge_failure
 from dr_exp.rundir import RunDir
 from dr_exp.targets import locate, trainer_form
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 _IO_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+RANKS_EXIT_SECONDS = 60.0  # how long the other ranks may take to exit after rank 0's trainer returned
+_report_lock = threading.Lock()
+_reported = False
 
 
 class TrainerExit(Exception):
@@ -80,9 +89,34 @@ def _redirect_output(log_path: Path) -> None:
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
 
 
-def _report(run: RunDir, attempt: int, outcome: dict[str, Any]) -> None:
-    fence.guard()
-    atomic_write(run.outcome(attempt), json.dumps(outcome, default=str))
+def _report(run: RunDir, attempt: int, outcome: dict[str, Any]) -> bool:
+    """Write the attempt's outcome, once: the first report wins (rank 0's own, or its watch over
+    the other ranks). Returns whether this call wrote it."""
+    global _reported
+    with _report_lock:
+        if _reported:
+            return False
+        fence.guard()
+        atomic_write(run.outcome(attempt), json.dumps(outcome, default=str))
+        _reported = True
+        return True
+
+
+def _start_ranks(spec: dict[str, Any], runtime: dict[str, Any], world_size: int, run: RunDir, attempt: int,
+                 logger: StructuredLogger) -> RankGroup:
+    """Become rank 0 of ``world_size`` and start the others; a rank that dies stops the job."""
+    ranks = RankGroup.start({**spec, "run_dir": str(run.root), "resume_from": runtime["resume_from"]}, world_size)
+    print(f"[dr_exp] {world_size} ranks: rank 0 is pid {os.getpid()}, ranks 1.. are pids {ranks.pids}", flush=True)
+    logger.log_event("ranks_started", {"world_size": world_size, "pids": [os.getpid(), *ranks.pids],
+                                       "pgid": os.getpgrp(), "master_port": int(os.environ["MASTER_PORT"])})
+
+    def rank_failed(outcome: dict[str, Any]) -> None:
+        if _report(run, attempt, outcome):
+            print(f"[dr_exp] stopping the job: {outcome['message']}", flush=True)
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    ranks.watch(rank_failed)
+    return ranks
 
 
 def normalize_result(value: Any, run: RunDir) -> dict[str, Any]:
@@ -156,6 +190,8 @@ def run_job(spec: dict[str, Any]) -> int:
     Returns the process exit status; in the foreground (``job run-one``) it is returned, in
     a child it becomes the exit code.
     """
+    global _reported
+    _reported = False
     run = RunDir(Path(spec["run_dir"]))
     attempt = int(spec["attempt"])
     os.environ.update(DR_EXP_JOB_ID=spec["job_id"], DR_EXP_WORKER_ID=spec["worker_id"],
@@ -175,27 +211,41 @@ def run_job(spec: dict[str, Any]) -> int:
         logger.log_event("provenance_failed", {"error": f"{type(exc).__name__}: {exc}"[:500]})
     runtime = {"job_id": spec["job_id"], "worker_id": spec["worker_id"], "storage_path": str(run.root),
                "resume_from": str(resume) if resume else None, "attempt": attempt}
+    ranks: RankGroup | None = None
     try:
         try:
             # Resolved here, on the node that runs the job: ${oc.env:...} lookups included.
             resolved = OmegaConf.to_container(OmegaConf.create(spec["config"]), resolve=True)
             logger.log_config(resolved)  # type: ignore[arg-type]
+            world_size = local_world_size(resolved)  # type: ignore[arg-type]
+            if world_size > 1:
+                ranks = _start_ranks(spec, runtime, world_size, run, attempt, logger)
             result = _call_trainer(spec["config"], runtime)
         except InstantiationException as exc:
             raise (exc.__cause__ or exc) from None
     except preemption.Preempted as exc:
+        if ranks is not None:
+            ranks.finish(RANKS_EXIT_SECONDS)
         _report(run, attempt, {"status": "preempted", "resume_from": run.relative(exc.resume_from)})
         return EXIT_OK
     except BaseException as exc:  # noqa: BLE001 - everything a trainer raises is a job failure
         if isinstance(exc, SystemExit):
             exc = TrainerExit(f"trainer called sys.exit({exc.code!r}) instead of returning a result")
         io_errno = exc.errno if isinstance(exc, OSError) and exc.errno in _IO_ERRNOS else None
-        _report(run, attempt, {
+        outcome = {
             "status": "failed", "type": type(exc).__name__, "message": str(exc)[:2000] or repr(exc),
             "fatal": _is_fatal(exc), "errno": io_errno,
             "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-8000:],
-        })
+        }
+        if ranks is not None:  # rank 0's error may only be the broken connection to a rank that died
+            outcome = merge_failure(outcome, ranks.failure(wait=2.0))
+        _report(run, attempt, outcome)
         return EXIT_FAILED
+    if ranks is not None:
+        failure = ranks.finish(RANKS_EXIT_SECONDS)
+        if failure is not None:
+            _report(run, attempt, failure)
+            return EXIT_FAILED
     normalized = normalize_result(result, run)
     fence.guard()
     atomic_write(run.result, json.dumps(normalized, indent=2) + "\n")

@@ -39,6 +39,7 @@ from dr_exp.rundir import RunDir
 from dr_exp.runner import child_main
 from dr_exp.state import Ending
 from dr_exp.store import NO_SPACE
+from dr_exp.telemetry import gpu_inventory
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 MAX_IO_BACKOFF = 60.0
@@ -314,7 +315,7 @@ class Worker:
         env = {k: v for k, v in os.environ.items()
                if k.startswith(("SLURM_", "CUDA_", "DR_EXP_")) or k in ("GPU_DEVICE_ORDINAL", "HOSTNAME")}
         info = {"worker_id": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(),
-                "started_at": time.time(), "gpus": self.gpus, "env": env}
+                "started_at": time.time(), "env": env, "gpu_count": self.gpus, **gpu_inventory()}
         try:
             atomic_write(self.exp.layout.worker_env(self.worker_id), json.dumps(info, indent=2), durable=False)
         except OSError as exc:
@@ -352,6 +353,7 @@ class Worker:
             heartbeat.stop()
             if proc.exitcode is None:
                 self._stop_child(proc, grace=0.0)
+            _kill_group(proc.pid)  # what the job started (its other ranks, loader workers) never outlives it
             if self._sync is not None:
                 self._sync.current_job = None
         elapsed = time.monotonic() - t0
@@ -515,6 +517,14 @@ def _read_json(path: Any) -> dict[str, Any] | None:
         return data if isinstance(data, dict) else None
     except (OSError, ValueError):
         return None
+
+
+def _kill_group(pgid: int | None) -> None:
+    """SIGKILL what is left of a job's process group (the job's process led it)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)  # type: ignore[arg-type]
+    except (ProcessLookupError, PermissionError, TypeError):
+        pass
 
 
 def _disk_full(path: Any) -> bool:

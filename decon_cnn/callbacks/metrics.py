@@ -5,7 +5,10 @@
   epoch schedulers before ``on_train_epoch_end``, so reading it there gives the next epoch's);
 - ``train/*`` metrics, ``val/*`` only on epochs that validated (``callback_metrics`` keeps the
   last values, which would otherwise repeat on epochs without validation);
-- ``images_per_s`` (training images over training time) and ``epoch_time_s`` (with validation).
+- ``images_per_s`` (training images over training time, all ranks together: each of N DDP
+  ranks trains an equal share) and ``epoch_time_s`` (with validation);
+- on a GPU, ``gpu/util_pct``, ``gpu/memory_mb`` and ``gpu/peak_memory_mb`` (:mod:`decon_cnn.gpu`;
+  rank zero's device); none of them on the CPU.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from decon_cnn.gpu import gpu_stats, software
 from decon_cnn.protocols import StructuredLoggerProtocol
 
 
@@ -95,8 +99,9 @@ class EpochSummary(pl.Callback):
             row.update(self._val)
         train_time = self._t_train - self._t0
         if self._images and train_time > 0:
-            row["images_per_s"] = self._images / train_time
+            row["images_per_s"] = self._images * trainer.world_size / train_time
         row["epoch_time_s"] = now - self._t0
+        row.update(gpu_stats(pl_module.device))
         self.emit_epoch(trainer, row)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -135,7 +140,8 @@ class DrExpMetricsCallback(EpochSummary):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             self.logger.log_event("train_start", {"epoch": trainer.current_epoch, "step": trainer.global_step,
-                                                  "max_epochs": trainer.max_epochs, **self.extra})
+                                                  "max_epochs": trainer.max_epochs, "world_size": trainer.world_size,
+                                                  "device": str(pl_module.device), **software(), **self.extra})
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
@@ -146,6 +152,7 @@ class DrExpMetricsCallback(EpochSummary):
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step, "phase": "train_batch", **self.extra}
         if isinstance(loss, torch.Tensor):
             row["train/loss_step"] = float(loss.detach().item())
+        row.update(gpu_stats(pl_module.device))
         self.logger.log_metrics(row)
 
     def emit_epoch(self, trainer: pl.Trainer, row: dict[str, Any]) -> None:
@@ -179,6 +186,9 @@ class EpochPrinter(EpochSummary):
             parts.append(f"lr {row['lr']:.4g}")
         if "images_per_s" in row:
             parts.append(f"{row['images_per_s']:.0f} img/s")
+        if "gpu/peak_memory_mb" in row:
+            util = f"{row['gpu/util_pct']:.0f}% " if "gpu/util_pct" in row else ""
+            parts.append(f"gpu {util}{row['gpu/peak_memory_mb']:.0f} MB peak")
         parts.append(f"{row['epoch_time_s']:.1f}s")
         print("  ".join(p for p in parts if p), flush=True)
 

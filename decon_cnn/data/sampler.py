@@ -5,6 +5,11 @@ Lightning calls ``set_epoch`` every epoch. Mid-epoch, the checkpoint also holds 
 position (torchdata's ``StatefulDataLoader`` counts the batches it yielded and fast-forwards), but
 on a restart Lightning builds that iterator before it calls ``set_epoch``; the data module
 therefore saves the sampler's epoch in the checkpoint and starts the new sampler there.
+
+With several ranks (DDP) the sampler shards the epoch's order itself, as ``DistributedSampler``
+does (padded to a multiple of the ranks, rank r takes every r-th index), and is one: Lightning
+then leaves it alone instead of wrapping it (its wrapper would draw the whole order up front and
+shuffle it again by its own epoch count, so a mid-epoch resume would lose its place).
 """
 
 from __future__ import annotations
@@ -13,28 +18,26 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 
-class EpochShuffleSampler(Sampler[int]):
-    def __init__(self, num_samples: int, seed: int = 0, epoch: int = 0) -> None:
-        self.num_samples = num_samples
-        self.seed = seed
+class EpochShuffleSampler(DistributedSampler):
+    """The order of ``num_samples`` items in an epoch depends only on ``(seed, epoch)``; rank
+    ``rank`` of ``num_replicas`` draws its share of it (``len``: the share's size)."""
+
+    def __init__(self, num_samples: int, seed: int = 0, epoch: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(range(num_samples), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.epoch = epoch
         self.drawn = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
         gen = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=gen).tolist()  # type: ignore[arg-type]
+        order += order[:self.total_size - len(order)]
         self.drawn = 0
-        for index in torch.randperm(self.num_samples, generator=gen).tolist():
+        for index in order[self.rank:self.total_size:self.num_replicas]:
             self.drawn += 1
             yield index
-
-    def __len__(self) -> int:
-        return self.num_samples
 
     @property
     def next_epoch(self) -> int:
@@ -52,7 +55,12 @@ class ResumableShuffle:
     _resume_epoch: int = 0
 
     def train_sampler(self, num_samples: int, seed: int) -> EpochShuffleSampler:
-        self._train_sampler = EpochShuffleSampler(num_samples, seed, epoch=self._resume_epoch)
+        """The training sampler; sharded when the attached trainer runs several ranks."""
+        trainer = getattr(self, "trainer", None)
+        shards = (trainer.distributed_sampler_kwargs if trainer is not None else None) or {}
+        self._train_sampler = EpochShuffleSampler(num_samples, seed, epoch=self._resume_epoch,
+                                                  num_replicas=int(shards.get("num_replicas", 1)),
+                                                  rank=int(shards.get("rank", 0)))
         return self._train_sampler
 
     def state_dict(self) -> dict[str, Any]:

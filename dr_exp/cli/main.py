@@ -97,7 +97,7 @@ def _why_pending(exp: Experiment, pending: dict[int, int]) -> None:
         return
     lease = env_float("DR_EXP_LEASE_SECONDS", DEFAULT_LEASE_SECONDS)
     workers = exp.live_workers(within=2 * lease + 60)
-    most = max((int(w.get("gpus") or 0) for w in workers), default=None)
+    most = max((int(w.get("gpu_count") or 0) for w in workers), default=None)
     for gpus, n in sorted(pending.items()):
         if gpus == 0 or (most is not None and gpus <= most):
             continue

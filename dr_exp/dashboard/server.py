@@ -76,7 +76,7 @@ def static_files() -> dict[str, bytes]:
 class HttpError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
-        self.status = status
+        self.code = status
 
 
 @dataclass
@@ -246,7 +246,7 @@ class Handler(BaseHTTPRequestHandler):
             segments, query = self._segments()
             method(segments, query)
         except HttpError as exc:
-            self._json(exc.status, {"error": str(exc)})
+            self._json(exc.code, {"error": str(exc)})
         except ViewError as exc:
             self._json(404 if self.command != "POST" else 400, {"error": str(exc)})
         except DrExpError as exc:

@@ -5,6 +5,9 @@ Every append is one whole line in one ``write``; readers skip a torn last line. 
 process every write is fenced (:func:`dr_exp.fence.guard`): an attempt that no longer owns its
 job records nothing. ``error.txt`` is not written here: the worker writes it from the job's
 report, so it has one writer.
+
+In a job with several ranks (:mod:`dr_exp.ranks`) only rank 0 writes: on the other ranks every
+method is a no-op, so a trainer may log from every rank without duplicating a line.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from dr_exp import fence
 from dr_exp.fileio import append_line, atomic_write
+from dr_exp.ranks import current_rank
 from dr_exp.rundir import RunDir
 
 
@@ -30,18 +34,25 @@ class StructuredLogger:
         self.worker_id = worker_id
         env_attempt = os.environ.get("DR_EXP_ATTEMPT")
         self.attempt = attempt if attempt is not None else (int(env_attempt) if env_attempt else None)
+        self.writes = current_rank() == 0  # only rank 0 of a multi-rank job writes the run directory
 
     def log_config(self, config: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         fence.guard()
         atomic_write(self.run.config, json.dumps(config, indent=2, default=str) + "\n")
 
     def log_metrics(self, metrics: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         fence.guard()
         row: dict[str, Any] = {"time": time.time()}
         row.update(metrics)
         append_line(self.run.metrics, row)
 
     def log_event(self, event_type: str, data: dict[str, Any] | None = None) -> None:
+        if not self.writes:
+            return
         fence.guard()
         row: dict[str, Any] = {"time": time.time(), "event": event_type, "job_id": self.job_id,
                                "worker_id": self.worker_id}

@@ -15,7 +15,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from dr_exp import preemption
+from dr_exp.errors import ConfigError
 from dr_exp.logging.structured_logger import StructuredLogger
+from dr_exp.ranks import local_world_size
 from dr_exp.rundir import RunDir
 
 # The worker's fork server imports these once, so each job skips the torch/Lightning imports.
@@ -25,13 +27,19 @@ __dr_exp_preload__ = ["torch", "torchvision", "pytorch_lightning", "decon_cnn.tr
 EXTRA_CALLBACKS: list[Any] = []
 
 
-__dr_exp_check_keys__ = ("data", "paths")
+__dr_exp_check_keys__ = ("data", "paths", "trainer")
 
 
 def __dr_exp_check__(config: Mapping[str, Any]) -> list[str]:
-    """Checked at submit, on the submitting host: the data the config names, where visible."""
+    """Checked at submit, on the submitting host: the data the config names, where visible, and
+    ranks that could run on no machine (``ddp_spawn``, ``num_nodes`` > 1, ``fsdp`` on the CPU;
+    how many GPUs are visible is judged where the job runs)."""
     from decon_cnn.config_checks import check_data
 
+    try:
+        local_world_size(config, gpus=lambda: 1 << 16)
+    except ConfigError as exc:
+        return [str(exc)]
     return check_data(config)
 
 

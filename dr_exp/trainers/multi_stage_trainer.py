@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from dr_exp.errors import ConfigError
 from dr_exp.fileio import atomic_write
+from dr_exp.ranks import current_rank
 from dr_exp.rundir import RunDir
 from dr_exp.trainers.decon_trainer import (  # noqa: F401 - the worker and submit look for these here
     __dr_exp_check__,
@@ -82,8 +83,9 @@ def train(config: DictConfig, *, job_id: str, worker_id: str, storage_path: str,
         done[name] = {"checkpoint": result.last_model_path, "best": result.best_model_path,
                       "metrics": result.metrics, "epochs": result.epochs, "flags": result.flags,
                       "stop_reason": result.stop_reason}
-        state_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(state_file, json.dumps(done, indent=2))
+        if current_rank() == 0:  # with several ranks (DDP), rank 0 alone writes the run directory
+            state_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(state_file, json.dumps(done, indent=2))
         previous = result.last_model_path
     last = done[stages[-1]["name"]]
     out = {"metrics": {**last["metrics"], "epochs": last["epochs"], "stage": stages[-1]["name"]},

@@ -131,6 +131,43 @@ def test_guardrails_fall_back_with_warning():
     assert kw["accelerator"] == "cpu" and kw["precision"] == "32-true"
 
 
+def test_guardrails_refuse_what_cannot_run_here(monkeypatch):
+    from decon_cnn.errors import DeconError
+    from decon_cnn.train import resolve_trainer_kwargs
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeconError, match=r"trainer.devices=2 asks for 2 GPUs but none is visible"):
+        resolve_trainer_kwargs({"accelerator": "gpu", "devices": 2, "strategy": "ddp"})
+    with pytest.raises(DeconError, match=r"trainer.strategy=fsdp needs CUDA GPUs; use trainer.strategy=ddp"):
+        resolve_trainer_kwargs({"accelerator": "cpu", "devices": 2, "strategy": "fsdp"})
+    kw = resolve_trainer_kwargs({"accelerator": "cpu", "devices": 2, "strategy": "ddp"})  # 2 CPU ranks (gloo)
+    assert (kw["devices"], kw["strategy"]) == (2, "ddp") and "benchmark" not in kw
+    # A GPU machine with 2 GPUs: 4 is too many; cuDNN's benchmark mode is on unless the config says otherwise.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(DeconError, match=r"trainer.devices=4 asks for 4 GPUs but 2 are visible"):
+        resolve_trainer_kwargs({"accelerator": "gpu", "devices": 4, "strategy": "ddp"})
+    assert resolve_trainer_kwargs({"accelerator": "gpu", "devices": 2, "strategy": "ddp"})["benchmark"] is True
+    assert resolve_trainer_kwargs({"accelerator": "gpu", "devices": 1, "benchmark": False})["benchmark"] is False
+    assert "benchmark" not in resolve_trainer_kwargs({"accelerator": "gpu", "devices": 1, "deterministic": True})
+
+
+def test_training_order_is_sharded_across_ranks_and_resumable():
+    from decon_cnn.data.sampler import EpochShuffleSampler
+
+    whole = list(EpochShuffleSampler(10, seed=3, epoch=2))
+    shards = [EpochShuffleSampler(10, seed=3, epoch=2, num_replicas=4, rank=r) for r in range(4)]
+    drawn = [list(s) for s in shards]
+    assert all(len(d) == len(s) == 3 for d, s in zip(drawn, shards, strict=True))  # padded to 12, 3 per rank
+    assert sorted(i for d in drawn for i in d) == sorted(whole + whole[:2])
+    assert [d[0] for d in drawn] == whole[:4]  # rank r takes every r-th index of the epoch's order
+    assert all(s.next_epoch == 3 for s in shards)
+    sampler = EpochShuffleSampler(10, seed=3, epoch=2, num_replicas=2, rank=1)
+    it = iter(sampler)
+    next(it)
+    assert sampler.next_epoch == 2  # stopped mid-epoch: a resumed run must finish epoch 2's order
+
+
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
 def test_no_weight_decay_on_bias_and_norm(name):
     from decon_cnn.factory import create_optimizer

@@ -61,6 +61,6 @@ def test_every_job_runs_on_a_worker_that_fits(base, exp):
         elif gpus == 1:
             assert started["cuda_visible_devices"] == "0"  # a job sees the GPUs it asked for
     assert exp.get(too_big).status == "pending"
-    assert json.loads(exp.layout.worker_env("two-gpus").read_text())["gpus"] == 2
+    assert json.loads(exp.layout.worker_env("two-gpus").read_text())["gpu_count"] == 2
     status = run_cli("status", base=base)
     assert "1 pending job(s) need 4 GPU(s); the largest live worker holds 2" in status.stdout, status.stdout
