@@ -167,7 +167,7 @@ def resolve_trainer_kwargs(trainer_cfg: Any) -> dict[str, Any]:
 
 
 def checkpoint_callback(cfg: Any, dirpath: Path) -> pl.callbacks.ModelCheckpoint:
-    """``best.ckpt`` by ``checkpoint.monitor``/``mode`` (top-k when ``save_top_k`` > 1) and ``last.ckpt``."""
+    """``best.ckpt`` by ``checkpoint.monitor``/``mode`` (top-k when ``save_top_k`` > 1)."""
     ck = cfg.get("checkpoint") or {}
     monitor = ck.get("monitor", "val/acc")
     top_k = int(ck.get("save_top_k", 1)) if monitor else 0
@@ -175,10 +175,22 @@ def checkpoint_callback(cfg: Any, dirpath: Path) -> pl.callbacks.ModelCheckpoint
     try:
         return pl.callbacks.ModelCheckpoint(
             dirpath=str(dirpath), filename=filename, monitor=monitor, mode=str(ck.get("mode", "max")),
-            save_top_k=top_k, save_last=bool(ck.get("save_last", True)), every_n_epochs=ck.get("every_n_epochs", 1),
+            save_top_k=top_k, save_last=False, every_n_epochs=ck.get("every_n_epochs", 1),
             enable_version_counter=False, auto_insert_metric_name=False)
     except MisconfigurationException as exc:
         raise DeconError(f"checkpoint: {' '.join(str(exc).split())}") from None
+
+
+def last_checkpoint_callback(cfg: Any, dirpath: Path) -> pl.callbacks.ModelCheckpoint | None:
+    """``last.ckpt`` after every ``every_n_epochs`` epochs, whatever the monitored metric did: a
+    run resumed after its worker was lost must not repeat epochs. (Lightning's own ``save_last``
+    refreshes it only when a best checkpoint is saved.)"""
+    ck = cfg.get("checkpoint") or {}
+    if not bool(ck.get("save_last", True)):
+        return None
+    return pl.callbacks.ModelCheckpoint(dirpath=str(dirpath), filename="last", monitor=None, save_top_k=1,
+                                        every_n_epochs=ck.get("every_n_epochs", 1), enable_version_counter=False,
+                                        auto_insert_metric_name=False)
 
 
 def stop_reason(trainer: pl.Trainer) -> str | None:
@@ -227,6 +239,8 @@ class _Callbacks:
         if run.checkpoint_dir is not None:
             checkpoint = checkpoint_callback(cfg, Path(run.checkpoint_dir))
             callbacks.append(checkpoint)
+            last = last_checkpoint_callback(cfg, Path(run.checkpoint_dir))
+            callbacks += [last] if last is not None else []
             if run.should_stop is not None:
                 preemption = PreemptionCallback(run.should_stop, str(Path(run.checkpoint_dir) / "last.ckpt"))
                 callbacks.append(preemption)

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from dr_exp.api import SubmitResult
-from dr_exp.cli.main import Context, cli, pass_ctx
+from dr_exp.cli.base import Context, cli, pass_ctx
 from dr_exp.cli.output import fmt_time, print_json, print_table, stream_json
 from dr_exp.compose import SEARCHPATH_ENV
 from dr_exp.errors import DrExpError
@@ -182,6 +182,9 @@ def show(c: Context, job_id: str, fmt: str) -> None:
         lines.insert(9, f"timeout    {rec.timeout:g}s per attempt")
     if rec.result:
         lines.append(f"metrics    {rec.result.get('metrics')}")
+        peak = (rec.result.get("metrics") or {}).get("gpu/peak_memory_mb")
+        if peak is not None:
+            lines.append(f"gpu peak   {peak:,.0f} MiB allocated")
         for key in ("stop_reason", "flags"):
             if rec.result.get(key):
                 lines.append(f"{key.replace('_', ' '):<10} {rec.result[key]}")

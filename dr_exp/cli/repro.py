@@ -9,8 +9,8 @@ import sys
 import click
 
 from dr_exp.api import Experiment
+from dr_exp.cli.base import Context, cli, pass_ctx
 from dr_exp.cli.job import job, report_submitted
-from dr_exp.cli.main import Context, cli, pass_ctx
 from dr_exp.cli.output import print_json, print_table
 from dr_exp.errors import DrExpError
 from dr_exp.job import DEFAULT_PRIORITY

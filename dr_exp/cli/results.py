@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 import click
 
-from dr_exp.cli.main import Context, cli, pass_ctx
+from dr_exp.cli.base import Context, cli, pass_ctx
 from dr_exp.cli.output import print_json, print_table, stream_json
 from dr_exp.results import columns_of, sort_rows, summary_rows, top_summary_rows
 

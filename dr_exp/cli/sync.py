@@ -7,7 +7,7 @@ import time
 
 import click
 
-from dr_exp.cli.main import Context, cli, pass_ctx
+from dr_exp.cli.base import Context, cli, pass_ctx
 from dr_exp.errors import DrExpError, SyncError
 
 

@@ -7,7 +7,7 @@ import sys
 import click
 
 from dr_exp.api import Experiment
-from dr_exp.cli.main import Context, cli, pass_ctx
+from dr_exp.cli.base import Context, cli, pass_ctx
 from dr_exp.errors import DrExpError
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from dr_exp.cli.main import Context, cli, pass_ctx
+from dr_exp.cli.base import Context, cli, pass_ctx
 from dr_exp.errors import ViewError
 
 if TYPE_CHECKING:

@@ -200,3 +200,16 @@ def test_mid_epoch_preemption_resumes_exactly(quickstart_cfg, tmp_path):
     a, b = full_objects["module"].state_dict(), objects["module"].state_dict()
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
+
+
+def test_last_checkpoint_follows_every_epoch_even_without_a_new_best(tmp_path):
+    """A run resumed after its worker was lost starts from last.ckpt: it must be the last epoch,
+    not the last epoch that improved the monitored metric."""
+    from decon_cnn.train import RunOptions, train
+    from tests.decon_cnn.conftest import compose_job
+
+    cfg = compose_job("quickstart", "trainer.max_epochs=3", "checkpoint.monitor=val/loss", "checkpoint.mode=max",
+                      "data.synthetic.num_train=256", "data.synthetic.num_val=128")
+    train(cfg, RunOptions(checkpoint_dir=tmp_path))
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["epoch"] == 2
+    assert torch.load(tmp_path / "best.ckpt", weights_only=False)["epoch"] == 0  # val/loss only fell

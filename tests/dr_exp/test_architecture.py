@@ -46,3 +46,29 @@ def test_dr_exp_does_not_import_torch_at_module_level():
         heavy = r"(import|from)\s+(torch|pytorch_lightning|lightning|decon_cnn)\b"
         top = [line for line in text.splitlines() if re.match(heavy, line)]
         assert not top, (name, top)
+
+
+def test_cli_modules_do_not_import_each_other_in_a_loop():
+    """The CLI's modules form a tree: command modules import `cli.base` (and a group they extend),
+    `cli.main` imports them all, and nothing imports `cli.main` but the package's entry point."""
+    modules = {name[:-3]: text for name, text in sources(DR_EXP / "cli").items() if name.endswith(".py")}
+    graph = {}
+    for name, text in modules.items():
+        found = set(re.findall(r"from dr_exp\.cli\.(\w+) import", text))
+        for group in re.findall(r"from dr_exp\.cli import ([\w, ]+)", text):
+            found |= {m.strip() for m in group.split(",")}
+        graph[name] = found & set(modules)
+
+    def visit(node: str, path: tuple[str, ...]) -> None:
+        assert node not in path, f"import loop: {' -> '.join((*path, node))}"
+        for nxt in graph.get(node, ()):
+            visit(nxt, (*path, node))
+
+    for name in graph:
+        visit(name, ())
+    assert [n for n, deps in graph.items() if "main" in deps] == ["__init__"]
+
+
+def test_decon_cnn_never_imports_dr_exp():
+    for name, text in sources(ROOT / "decon_cnn").items():
+        assert not re.search(r"^\s*(from|import)\s+dr_exp\b", text, re.M), name
