@@ -29,6 +29,10 @@ fi
 if [ "$(id -u)" = 0 ] && [ -z "${DR_EXP_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1; then
   echo "installing chromium for the browser tests" >&2
   if ! { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; then
+    if [ "${CI:-}" = "true" ]; then
+      echo "could not install chromium for the browser tests" >&2
+      exit 1
+    fi
     echo "could not install chromium; the browser tests will skip" >&2
   fi
 fi

@@ -111,22 +111,29 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+def _no_browser(reason: str) -> None:
+    """Skip saying why; under CI (where the test command installs chromium) that is a failure."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the browser tests: {reason}")
+    pytest.skip(reason)
+
+
 def browser_or_skip():  # type: ignore[no-untyped-def]
     """(playwright, browser) on the system's chromium, or skip saying what is missing."""
     path = chromium()
     if path is None:
-        pytest.skip("no chromium on this machine (as root, scripts/test.sh installs it: apt-get install -y chromium)")
+        _no_browser("no chromium on this machine (as root, scripts/test.sh installs it: apt-get install -y chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("playwright is not installed (pip install -e '.[test]')")
+        _no_browser("playwright is not installed (pip install -e '.[test]')")
     pw = sync_playwright().start()
     args = ["--no-sandbox"] if os.geteuid() == 0 else []
     try:
         browser = pw.chromium.launch(executable_path=path, args=args)
     except Exception as exc:  # noqa: BLE001 -- any launch failure means: no usable browser here
         pw.stop()
-        pytest.skip(f"chromium at {path} does not start under playwright: {exc}")
+        _no_browser(f"chromium at {path} does not start under playwright: {exc}")
     return pw, browser
 
 
