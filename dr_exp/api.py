@@ -41,7 +41,7 @@ from dr_exp.layout import MAX_PRIORITY, MIN_PRIORITY, Layout, parse_marker
 from dr_exp.rundir import RunDir
 from dr_exp.state import FINISHED, Ending, Status, next_after, transition
 from dr_exp.store import NO_SPACE, ExperimentStore, storage_error
-from dr_exp.summary import Summary, gpus_of, raw_status, summary_line
+from dr_exp.summary import Summary, SummaryDamaged, gpus_of, raw_status, summary_line
 
 DEFAULT_BASE_PATH = "./dr_exp_runs"
 DEFAULT_EXPERIMENT = "default"
@@ -338,9 +338,12 @@ class Experiment:
             return None
         summary = Summary(self.layout)
         damage = summary.damage()
-        if damage:
-            return f"rebuilt the job summary from {self.rebuild_summary()} records ({damage})"
-        return "folded the job summary" if summary.compact(force) else None
+        if not damage:
+            try:
+                return "folded the job summary" if summary.compact(force) else None
+            except SummaryDamaged as exc:
+                damage = str(exc)
+        return f"rebuilt the job summary from {self.rebuild_summary()} records ({damage})"
 
     def rebuild_summary(self) -> int:
         """Rebuild the summary from the records alone; returns the number of jobs."""
@@ -360,12 +363,25 @@ class Experiment:
         if not self.store.exists():
             return
         summary = Summary(self.layout)
-        if not summary.exists():  # an experiment from before summaries: read the records
+        lines = summary.lines() if summary.exists() else None
+        try:
+            first = next(lines) if lines is not None else None
+        except StopIteration:
+            first = None
+        except SummaryDamaged as exc:
+            if problems is not None:
+                problems.append(f"the job summary cannot be trusted ({exc}); read the records instead "
+                                "(a worker rebuilds it, or `dr_exp validate --rebuild-index`)")
+            lines = None
+        if lines is None:  # no summary (an experiment from before summaries), or a damaged one
             for rec in self.store.iter_records(problems):
                 yield summary_line(rec)
             return
         n = 0
-        for line in summary.lines():
+        if first is not None:
+            n = 1
+            yield first
+        for line in lines:
             n += 1
             yield line
         if problems is not None:

@@ -133,11 +133,21 @@ def expand_sweep(params: str | Iterable[str]) -> tuple[list[list[str]], dict[str
         lines = [f"{key}={text}" for text in strings]
         if o.package is None and not o.is_delete():
             for line, val in zip(lines, values, strict=True):
-                val = str(val) if isinstance(val, QuotedString) else val
-                typed[line] = TypedOverride(o.key_or_group, val, mode)
+                typed[line] = TypedOverride(o.key_or_group, _unquoted(val, QuotedString), mode)
         columns[key] = lines
     points = [list(p) for p in itertools.product(*columns.values())]
     return points or [[]], typed
+
+
+def _unquoted(value: Any, quoted: type) -> Any:
+    """A sweep value as Hydra's parser would give it for one override: quoted strings as text."""
+    if isinstance(value, quoted):
+        return value.text
+    if isinstance(value, list):
+        return [_unquoted(v, quoted) for v in value]
+    if isinstance(value, dict):
+        return {k: _unquoted(v, quoted) for k, v in value.items()}
+    return value
 
 
 def parse_sweep(params: str | Iterable[str]) -> list[list[str]]:

@@ -43,6 +43,10 @@ IDLE_LOG_SECONDS = 3600.0
 _ID = slice(7, 43)  # every line starts {"id":"<36 characters>","rev":
 
 
+class SummaryDamaged(Exception):
+    """The summary cannot be trusted (a file it relies on is gone or cut short): read the records."""
+
+
 def params_of(rec: JobRecord) -> dict[str, str]:
     """The parameters a user chose for this run: its overrides (sweep points included)."""
     params: dict[str, str] = {}
@@ -147,21 +151,30 @@ class Summary:
             return {"offsets": {}}
         return meta if isinstance(meta, dict) and isinstance(meta.get("offsets"), dict) else {"offsets": {}}
 
+    def _meta_bytes(self) -> bytes | None:
+        try:
+            return read_bytes(self.dir / META)
+        except FileNotFoundError:
+            return None
+
     def _logs(self) -> list[str]:
         return sorted(n for n in list_dir(self.dir) if n.startswith(LOG_PREFIX) and n.endswith(".jsonl"))
 
     def _tails(self, offsets: dict[str, int]) -> tuple[dict[str, bytes], dict[str, int]]:
-        """The newest line per job in the logs past ``offsets``, and how far each log was read."""
+        """The newest line per job in the logs past ``offsets``, and how far each log was read.
+        :class:`SummaryDamaged` if a log the snapshot relies on is gone or was cut short."""
         newest: dict[str, bytes] = {}
         ends: dict[str, int] = {}
-        for name in self._logs():
+        for name in sorted(set(self._logs()) | set(offsets)):
             try:
                 data = read_bytes(self.dir / name)
             except FileNotFoundError:
+                if name in offsets:
+                    raise SummaryDamaged(f"log {name} disappeared") from None
                 continue
             start = offsets.get(name, 0)
             if start > len(data):
-                start = 0  # not the file the snapshot read (it cannot shrink otherwise)
+                raise SummaryDamaged(f"log {name} was cut short")
             end = data.rfind(b"\n") + 1  # a torn last line is a write in progress
             ends[name] = max(end, start)
             for line in data[start:end].splitlines(keepends=True):
@@ -174,12 +187,16 @@ class Summary:
         return newest, ends
 
     def lines(self) -> Iterator[bytes]:
-        """The newest summary line of every job that exists, streamed."""
+        """The newest summary line of every job that exists, streamed. Raises
+        :class:`SummaryDamaged` before yielding anything if the summary cannot be trusted."""
+        has_meta = (self.dir / META).exists()
         meta = self._meta()
         tails, _ = self._tails(meta["offsets"])
         try:
             fh = open(self.dir / SNAPSHOT, "rb")  # noqa: SIM115 - streamed below
         except FileNotFoundError:
+            if has_meta:
+                raise SummaryDamaged("its snapshot is missing") from None
             fh = None
         if fh is not None:
             with fh:
@@ -203,7 +220,7 @@ class Summary:
 
     def damage(self) -> str | None:
         """Why the summary cannot be trusted (cheap checks: no reading of lines), or None: it was
-        never folded, its snapshot is missing, or a log is shorter than what was folded of it."""
+        never folded, its snapshot is missing, or a log it relies on is gone or cut short."""
         meta_path = self.dir / META
         if not meta_path.exists():
             return "it has no snapshot yet"
@@ -214,7 +231,7 @@ class Summary:
                 if os.stat(self.dir / name).st_size < offset:
                     return f"log {name} was cut short"
             except FileNotFoundError:
-                continue
+                return f"log {name} disappeared"
         return None
 
     def unfolded_bytes(self) -> int:
@@ -232,27 +249,43 @@ class Summary:
         remove logs that were folded in and have been idle for an hour. True if it folded."""
         if not force and self.unfolded_bytes() < COMPACT_BYTES:
             return False
+        before = self._meta_bytes()
         meta = self._meta()
         _, ends = self._tails(meta["offsets"])
         # `lines()` re-reads the tails; lines appended in between are folded in too, and only
         # the offsets read first are recorded, so later readers at worst read them again.
         tmp = self.dir / f".{SNAPSHOT}.{uuid.uuid4().hex[:8]}.tmp"
-        with open(tmp, "wb") as out:
-            for line in self.lines():
-                out.write(line)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.dir / SNAPSHOT)
-        atomic_write(self.dir / META, json.dumps({"offsets": ends, "written_at": time.time()}))
+        try:
+            with open(tmp, "wb") as out:
+                for line in self.lines():
+                    out.write(line)
+                out.flush()
+                os.fsync(out.fileno())
+            if self._meta_bytes() != before:
+                # Another process folded or rebuilt meanwhile (or the summary was removed):
+                # what was read may be stale, so nothing is written.
+                tmp.unlink(missing_ok=True)
+                return False
+            os.replace(tmp, self.dir / SNAPSHOT)
+        except FileNotFoundError:
+            tmp.unlink(missing_ok=True)
+            return False
+        # Logs folded in completely and idle for an hour go: first out of the offsets (a log the
+        # offsets name and that is missing means damage), then from the disk.
         now = time.time()
+        idle = []
         for name, end in ends.items():
-            path = self.dir / name
             try:
-                st = os.stat(path)
+                st = os.stat(self.dir / name)
             except FileNotFoundError:
                 continue
             if st.st_size <= end and now - st.st_mtime > IDLE_LOG_SECONDS:
-                path.unlink(missing_ok=True)
+                idle.append(name)
+        kept = {name: end for name, end in ends.items() if name not in idle}
+        atomic_write(self.dir / META, json.dumps({"offsets": kept, "written_at": time.time(),
+                                                  "token": uuid.uuid4().hex}))
+        for name in idle:
+            (self.dir / name).unlink(missing_ok=True)
         return True
 
     def rebuild(self, records: Iterable[JobRecord]) -> int:
@@ -268,7 +301,8 @@ class Summary:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, self.dir / SNAPSHOT)
-        atomic_write(self.dir / META, json.dumps({"offsets": ends, "written_at": time.time(), "rebuilt": True}))
+        atomic_write(self.dir / META, json.dumps({"offsets": ends, "written_at": time.time(), "rebuilt": True,
+                                                  "token": uuid.uuid4().hex}))
         return n
 
 

@@ -19,7 +19,7 @@ from dr_exp.fileio import list_dir, read_bytes
 from dr_exp.job import FIELD_NAMES, JobRecord
 from dr_exp.layout import is_job_id, parse_marker
 from dr_exp.state import Status
-from dr_exp.summary import Summary
+from dr_exp.summary import Summary, SummaryDamaged
 
 STALE_TMP_SECONDS = 3600
 
@@ -54,7 +54,10 @@ def _check_summary(exp: Experiment, fix: bool, force: bool, report: Report) -> N
     """The summary (what status, list and results read) must agree with the records."""
     summary = Summary(exp.layout)
     damage = summary.damage() if summary.exists() else "it does not exist"
-    seen = {row["id"]: row for row in summary.rows()} if summary.exists() else {}
+    try:
+        seen = {row["id"]: row for row in summary.rows()} if summary.exists() else {}
+    except SummaryDamaged as exc:
+        damage, seen = str(exc), {}
     disagree = []
     for rec in exp.store.iter_records():
         row = seen.pop(rec.id, None)

@@ -16,6 +16,7 @@ SWEEPS = [
     "paths.data_dir=/a,/b optimizer.lr=0.1,1e-3 +new.deep.key=1,2",
     "++trainer.max_epochs=5 +x=[1,2],[3] data.synthetic.noise=null,0.5 trainer.enable_progress_bar=true,false",
     "+name='a,b',c ~metrics seed=range(0,2)",
+    "+name='a,b','c d' +items=['x y',z],[w] seed=0,1",
 ]
 
 

@@ -106,7 +106,9 @@ def test_six_workers_and_a_reader_and_a_deleted_summary(base, exp):
     go.touch()
     while len(exp.list(status="completed")) < n // 3:
         time.sleep(0.2)
-    shutil.rmtree(exp.layout.root / "summary")  # deleted mid-run
+    gone = exp.layout.root / "summary-deleted"
+    os.rename(exp.layout.root / "summary", gone)  # deleted mid-run, all at once (rm -rf races the writers)
+    shutil.rmtree(gone)
     for w in workers:
         assert w.wait(timeout=200) == 0
     assert watcher.wait(timeout=200) == 0
