@@ -36,6 +36,7 @@ class ComposedConfig:
     overrides: list[str]
     config: dict[str, Any]
     sweep_params: dict[str, str]
+    study: dict[str, Any] | None = None  # the trial of an adaptive sweep this config is (dr_exp.study)
 
 
 _OPEN, _CLOSE = "([{", ")]}"

@@ -131,6 +131,11 @@ class Layout:
         return self.root / "slurm"
 
     @property
+    def studies_dir(self) -> Path:
+        """Adaptive sweeps: one directory per study (see :mod:`dr_exp.study`)."""
+        return self.root / "studies"
+
+    @property
     def sync_settings(self) -> Path:
         """The experiment's S3 sync settings (never credentials)."""
         return self.sync_dir / "settings.json"

@@ -6,9 +6,10 @@ the worker down, and a job does not pay the imports again. The worker heartbeats
 lease from a thread and stops the job the moment the attempt is no longer its own.
 
 How the child ended maps to exactly one lifecycle call (:meth:`Worker._record`): ``complete``,
-``fail`` (the policy in :mod:`dr_exp.state` retries or fails), ``hand_back``, or nothing when the
-attempt was taken away. Signals: the first SIGTERM/SIGUSR1/SIGINT asks the running job to
-checkpoint and hands it back; a second one stops the child at once. Handlers set flags.
+``prune`` (a trial stopped by its study's pruner), ``fail`` (the policy in :mod:`dr_exp.state`
+retries or fails), ``hand_back``, or nothing when the attempt was taken away. Signals: the first
+SIGTERM/SIGUSR1/SIGINT asks the running job to checkpoint and hands it back; a second one stops
+the child at once. Handlers set flags.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from dr_exp.rundir import RunDir
 from dr_exp.runner import child_main
 from dr_exp.state import Ending
 from dr_exp.store import NO_SPACE
+from dr_exp.study import trial_env
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 MAX_IO_BACKOFF = 60.0
@@ -311,7 +313,8 @@ class Worker:
                       f" (resume from {rec.resume_from})" if rec.resume_from else "")
         spec = {"job_id": rec.id, "worker_id": self.worker_id, "attempt": attempt.number, "run_dir": str(run.root),
                 "config": rec.config, "resume_from": rec.resume_from, "worker_pid": os.getpid(),
-                "lease_path": attempt.lease_path, "lease_seconds": attempt.lease_seconds}
+                "lease_path": attempt.lease_path, "lease_seconds": attempt.lease_seconds,
+                "env": trial_env(self.exp, rec)}
         proc = self._context(attempt).Process(target=child_main, args=(spec,), name=f"dr_exp-job-{rec.id[:8]}")
         proc.start()
         if self._sync is not None:
@@ -394,6 +397,9 @@ class Worker:
         if status == "completed":
             result = _read_json(run.result) or {}
             return self._apply(run, attempt, "completed", self.exp.complete, attempt, result)
+        if status == "pruned":
+            result = {"metrics": outcome.get("metrics") or {}, "pruned_at_epoch": outcome.get("epoch")}
+            return self._apply(run, attempt, "pruned", self.exp.prune, attempt, result, str(outcome.get("reason")))
         if ending == "preempted" or status == "preempted":
             checkpoint = outcome.get("resume_from") or run.relative(run.last_checkpoint())
             what = self._apply(run, attempt, "preempted", self.exp.hand_back, attempt, checkpoint, "pre-empted")
@@ -442,7 +448,7 @@ class Worker:
             return "dropped: the job was cancelled or taken over meanwhile"
         self._own_jobs.add(rec.id)
         data = {"status": rec.status}
-        if rec.status == "completed":
+        if rec.status in ("completed", "pruned"):
             data["metrics"] = (rec.result or {}).get("metrics", {})
         elif rec.error and event == "failed":
             data.update(error_type=rec.error.get("type"), message=rec.error.get("message"))

@@ -77,7 +77,7 @@ def validate(c: Context, fix: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     # Importing the command modules registers their commands on `cli`.
-    from dr_exp.cli import job, results, sync, system  # noqa: F401
+    from dr_exp.cli import job, results, study, sync, system  # noqa: F401
 
     try:
         cli.main(args=argv, prog_name="dr_exp", standalone_mode=False)
