@@ -84,4 +84,4 @@ def show(c: Context, name: str, fmt: str) -> None:
         row.update({k: t.params.get(k) for k in keys})
         row.update(job=t.job_id or "-", job_status=t.job_status or "-", reason=t.fail_reason or "")
         rows.append(row)
-    print_table(rows, list(rows[0]), max_width=100)
+    print_table(rows, list(rows[0]), max_width=160)

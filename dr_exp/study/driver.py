@@ -28,9 +28,10 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dr_exp.compose import ComposedConfig, compose_many
+from dr_exp.compose import ComposedConfig, compose_many, search_path
 from dr_exp.errors import ConfigError, CorruptRecord, JobNotFound
 from dr_exp.lock import RecordLock
 from dr_exp.state import FINISHED, Status
@@ -108,6 +109,36 @@ def repair_studies(exp: Experiment) -> list[str]:
     return out
 
 
+_MAX_CONFIG_FILES = 2000
+_composed: dict[tuple[str, ...], tuple[tuple[tuple[str, int], ...], dict[tuple[str, ...], Any]]] = {}
+
+
+def _bases(spec: StudySpec) -> dict[tuple[str, ...], Any]:
+    """Hydra's composition of the study's config, kept in this process across trials while no
+    config file changes: composing takes ~0.1 s, applying a trial's values to it ~1 ms, and the
+    process that advances a study holds its lock meanwhile."""
+    key = (spec.config_path, spec.config_name, *spec.searchpath)
+    roots = [Path(spec.config_path)] + [p for p in search_path(Path(spec.config_path), spec.config_name,
+                                                               spec.searchpath) if isinstance(p, Path)]
+    files: list[tuple[str, int]] = []
+    for root in roots:
+        for directory, subdirs, names in os.walk(root):
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+            for n in sorted(names):
+                if n.endswith((".yaml", ".yml")):
+                    try:
+                        files.append((f"{directory}/{n}", os.stat(f"{directory}/{n}").st_mtime_ns))
+                    except OSError:
+                        files.append((f"{directory}/{n}", -1))
+            if len(files) > _MAX_CONFIG_FILES:
+                return {}  # not a config tree (a config beside a whole project?): compose afresh
+    fingerprint = tuple(files)
+    cached = _composed.get(key)
+    if cached is None or cached[0] != fingerprint:
+        cached = _composed[key] = (fingerprint, {})
+    return cached[1]
+
+
 class _Driver:
     def __init__(self, exp: Experiment, files: StudyFiles, spec: StudySpec) -> None:
         self.optuna = import_optuna()
@@ -168,29 +199,28 @@ class _Driver:
     def _outcome(self, trial: Any, rec: JobRecord | None, job_id: str) -> tuple[Any, float | None, str | None]:
         states = self.optuna.trial.TrialState
         if rec is None:
-            return states.FAIL, None, f"job {job_id} has no record any more"
+            return states.FAIL, None, f"its job {job_id} has no record any more"
         if rec.status == Status.PRUNED:
             return states.PRUNED, None, None
         if rec.status == Status.CANCELLED:
-            return states.FAIL, None, f"job {rec.id} was cancelled"
+            return states.FAIL, None, "its job was cancelled"
         if rec.status == Status.FAILED:
             error = rec.error or {}
-            return states.FAIL, None, " ".join(f"job {rec.id} failed: {error.get('type')}: {error.get('message')}"
-                                               .split())[:500]
+            return states.FAIL, None, " ".join(f"{error.get('type')}: {error.get('message')}".split())[:500]
         metric = self.spec.metric
         metrics = (rec.result or {}).get("metrics") or {}
         value = metrics.get(metric)
         if value is None and trial.intermediate_values:
             value = trial.intermediate_values[max(trial.intermediate_values)]
         if value is None:
-            return states.FAIL, None, (f"job {rec.id} completed without reporting {metric!r} (it reported "
+            return states.FAIL, None, (f"its job completed without reporting {metric!r} (it reported "
                                        f"{', '.join(sorted(metrics)) or 'nothing'}); check --metric")
         try:
             value = float(value)
         except (TypeError, ValueError):
             value = math.nan
         if not math.isfinite(value):
-            return states.FAIL, None, f"job {rec.id} reported {metric}={metrics.get(metric)!r}, not a finite number"
+            return states.FAIL, None, f"its job reported {metric}={metrics.get(metric)!r}, not a finite number"
         return states.COMPLETE, value, None
 
     def _trial_id(self, number: int) -> int:
@@ -239,14 +269,16 @@ class _Driver:
         keys = [override_key(o) for o in spec.overrides if override_key(o) in spec.grid_params]
         keys += [p.name for p in self.params]
         points = [spec.overrides + [p.override(params[p.name]) for p in self.params] for _, params in trials]
+        bases = _bases(spec)
         try:
-            composed = compose_many(spec.config_path, spec.config_name, points, keys, searchpath=spec.searchpath)
+            composed = compose_many(spec.config_path, spec.config_name, points, keys, searchpath=spec.searchpath,
+                                    bases=bases)
         except ConfigError:
             composed = []
             for (number, _), point in zip(trials, points, strict=True):
                 try:
                     composed += compose_many(spec.config_path, spec.config_name, [point], keys,
-                                             searchpath=spec.searchpath)
+                                             searchpath=spec.searchpath, bases=bases)
                 except ConfigError as exc:
                     composed.append(None)  # type: ignore[arg-type]
                     reason = f"its parameters do not compose: {one_line(exc)}"[:500]

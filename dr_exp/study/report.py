@@ -117,4 +117,4 @@ class _Reporter:
                 return
             trial = self.storage.get_trial(self.trial_id)
         if self.study.pruner.prune(self.study, trial):
-            raise Pruned(epoch, metric, value, self.spec.pruner, metrics)
+            raise Pruned(epoch, metric, value, self.spec.pruner.partition(":")[0], metrics)

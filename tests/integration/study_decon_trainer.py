@@ -15,7 +15,7 @@ from decon_cnn.train import train as decon_train
 from dr_exp import preemption, study
 from dr_exp.logging.structured_logger import StructuredLogger
 
-__dr_exp_preload__ = ["torch", "pytorch_lightning", "decon_cnn.train"]
+__dr_exp_preload__ = ["torch", "pytorch_lightning", "decon_cnn.train", "optuna"]
 
 
 class ReportToStudy(pl.Callback):
