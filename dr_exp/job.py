@@ -166,7 +166,7 @@ def _str_list(v: Any) -> bool:
 
 
 def _study(v: Any) -> bool:
-    if type(v) is not dict or set(v) != {"name", "trial"} or type(v["trial"]) is not int or v["trial"] < 0:
+    if type(v) is not dict or not {"name", "trial"} <= v.keys() or type(v["trial"]) is not int or v["trial"] < 0:
         return False
     try:
         validate_name(v["name"], "study name")

@@ -29,9 +29,10 @@ _SAMPLER_CLASSES = {
     "cmaes": ("CmaEsSampler", {}),
 }
 _PRUNER_CLASSES = {
-    # Asynchronous successive halving; decisions from the second epoch on, not only after a
-    # first trial has completed (Optuna's "auto").
-    "asha": ("SuccessiveHalvingPruner", {"min_resource": 1}),
+    # Asynchronous successive halving, first judging a trial at step 2 (after three epochs when
+    # epochs count from 0: early epochs are noisy), then at steps 8, 32, ... (reduction factor 4);
+    # Optuna's "auto" would wait for a first trial to complete before pruning anything.
+    "asha": ("SuccessiveHalvingPruner", {"min_resource": 2}),
     "hyperband": ("HyperbandPruner", {"min_resource": 1}),
     "median": ("MedianPruner", {"n_startup_trials": 5, "n_warmup_steps": 1}),
     "none": ("NopPruner", {}),

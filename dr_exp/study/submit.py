@@ -9,6 +9,7 @@ shows how much the result of a search depends on the seed. All studies share the
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import time
@@ -97,9 +98,9 @@ def sweep(exp: Experiment, config: str, search: str, *, trials: int, metric: str
     names = [sweep_id] if len(points) == 1 else [f"{sweep_id}-{k}" for k in range(len(points))]
     for name, point in zip(names, points, strict=True):
         grid = {override_key(o): o.partition("=")[2] for o in point}
-        _create(exp, optuna, StudySpec(**{**spec.__dict__, "name": name, "sweep_id": sweep_id,
-                                          "overrides": base + point, "grid_params": grid,
-                                          "space": [p.to_dict() for p in space], "created_at": time.time()}))
+        _create(exp, optuna, dataclasses.replace(spec, name=name, sweep_id=sweep_id, overrides=base + point,
+                                                 grid_params=grid, space=[p.to_dict() for p in space],
+                                                 created_at=time.time()))
     out = StudySweep(sweep_id, names, trials)
     for name in names:
         out.submitted += advance(exp, name).submitted

@@ -16,7 +16,7 @@ from dr_exp.compose import parse_sweep
 from dr_exp.errors import ConfigError
 from dr_exp.fileio import read_jsonl
 from dr_exp.state import Ending
-from dr_exp.study import StudyError, load_study, sweep
+from dr_exp.study import StudyError, load_study, repair_studies, sweep
 from dr_exp.study import driver as study_driver
 from dr_exp.study.algorithms import make_pruner, parse_choice
 from dr_exp.study.space import parse_search
@@ -96,7 +96,7 @@ def test_samplers_and_pruners_by_name_with_options():
     assert parse_choice("tpe:n_startup_trials=20,multivariate=true", "sampler", ("tpe",)) == \
         ("tpe", {"n_startup_trials": 20, "multivariate": True})
     asha = make_pruner("asha:reduction_factor=3")
-    assert type(asha).__name__ == "SuccessiveHalvingPruner" and asha._reduction_factor == 3 and asha._min_resource == 1
+    assert type(asha).__name__ == "SuccessiveHalvingPruner" and asha._reduction_factor == 3 and asha._min_resource == 2
     with pytest.raises(StudyError, match="has no option nope"):
         make_pruner("median:nope=1")
     with pytest.raises(StudyError, match="unknown --pruner 'asah'"):
@@ -138,6 +138,17 @@ def test_each_finished_trial_asks_the_next_until_the_budget(exp):
     assert view.best.value == max(t.value for t in view.trials if t.state == "complete")
 
 
+def test_a_trial_whose_workers_are_lost_too_often_fails_and_recovery_asks_the_next(exp):
+    res = sweep(exp, SYN, SEARCH, trials=2, parallel=1, metric="val/acc", mode="max", max_worker_losses=1)
+    name = res.studies[0]
+    attempt = exp.claim("w1", lease_seconds=0.2)
+    time.sleep(0.5)
+    assert exp.recover(lease_seconds=0.2) == [(attempt.job_id, "failed (too many lost workers)")]
+    view = load_study(exp, name)
+    assert view.trials[0].state == "fail" and view.trials[0].fail_reason.startswith("WorkerLost: ")
+    assert view.trials[1].job_id and exp.get(view.trials[1].job_id).status == "pending"
+
+
 class Died(BaseException):
     """Stands for the process dying at a crash point (the hook lets only Exceptions through)."""
 
@@ -172,7 +183,7 @@ def test_recover_repairs_a_study_whose_advancer_died(base, exp, monkeypatch, poi
         exp.complete(attempt, {"metrics": {"val/acc": 0.5}})
     view, _ = assert_one_job_per_trial(exp, name, 3)
     assert view.finished
-    assert "submitted" not in ok(run_cli("job", "recover", base=base))  # nothing left to repair
+    assert repair_studies(exp) == []  # nothing left to repair
 
 
 # -- real workers --------------------------------------------------------------------------------
@@ -262,19 +273,18 @@ def test_sigusr1_mid_trial_the_same_trial_resumes_with_continuous_values(base):
 
 def test_pruned_trials_end_pruned_with_epoch_and_reason_and_a_metric_never_reported_fails_trials(base):
     exp = Experiment(base, "exp")
-    ok(run_cli("job", "sweep", "--config", SYN, "--search", SEARCH, "--trials", "8", "--parallel", "2",
-               "--pruner", "asha", "--metric", "val/acc", "--mode", "max", "--seed", "5",
-               "--overrides", "epochs=12", base=base, experiment="pruning"))
+    pruning = ok(run_cli("job", "sweep", "--config", SYN, "--search", SEARCH, "--trials", "8", "--parallel", "2",
+                         "--pruner", "asha", "--metric", "val/acc", "--mode", "max", "--seed", "5",
+                         "--overrides", "epochs=12", base=base)).split()[1].rstrip(":")
     bad = ok(run_cli("job", "sweep", "--config", SYN, "--search", SEARCH, "--trials", "2", "--parallel", "1",
                      "--metric", "val/nope", "--mode", "max", base=base))
-    for experiment in ("pruning", "exp"):
-        assert run_cli("system", "worker", "--idle-timeout", "1", base=base, experiment=experiment).returncode == 0
-    pruning = Experiment(base, "pruning")
-    pruned = pruning.list(status="pruned")
-    assert pruned, [r.status for r in pruning.list()]
+    assert run_cli("system", "worker", "--idle-timeout", "1", base=base).returncode == 0
+    jobs = [r for r in exp.list() if r.study["name"] == pruning]
+    pruned = [r for r in jobs if r.status == "pruned"]
+    assert pruned, [r.status for r in jobs]
     for rec in pruned:
         epoch = rec.result["pruned_at_epoch"]
-        assert 1 <= epoch < 11 and rec.history[-1]["reason"].startswith(f"pruned at epoch {epoch} by the asha pruner")
+        assert 2 <= epoch < 11 and rec.history[-1]["reason"].startswith(f"pruned at epoch {epoch} by the asha pruner")
         assert "val/acc" in rec.result["metrics"]
     shown = ok(run_cli("study", "show", bad.split()[1].rstrip(":"), base=base))
     view = load_study(exp, bad.split()[1].rstrip(":"))
@@ -283,8 +293,8 @@ def test_pruned_trials_end_pruned_with_epoch_and_reason_and_a_metric_never_repor
         assert "metric 'val/nope' is not among the reported metrics (val/acc, val/loss); check --metric" in t.fail_reason
         assert "\n" not in t.fail_reason and exp.get(t.job_id).status == "failed" and exp.get(t.job_id).attempts == 1
     assert "2/2 asked (2 fail)" in shown and "check --metric" in shown
-    listed = ok(run_cli("study", "list", base=base, experiment="pruning"))
-    assert "max val/acc" in listed and "8/8 asked" in listed
+    listed = ok(run_cli("study", "list", base=base))
+    assert "max val/acc" in listed and "8/8 asked" in listed and "2/2 asked (2 fail)" in listed
 
 
 def test_study_show_json_and_importances(exp):
