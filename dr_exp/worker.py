@@ -6,10 +6,9 @@ the worker down, and a job does not pay the imports again. The worker heartbeats
 lease from a thread and stops the job the moment the attempt is no longer its own.
 
 How the child ended maps to exactly one lifecycle call (:meth:`Worker._record`): ``complete``,
-``prune`` (a trial stopped by its study's pruner), ``fail`` (the policy in :mod:`dr_exp.state`
-retries or fails), ``hand_back``, or nothing when the attempt was taken away. Signals: the first
-SIGTERM/SIGUSR1/SIGINT asks the running job to checkpoint and hands it back; a second one stops
-the child at once. Handlers set flags.
+``fail`` (the policy in :mod:`dr_exp.state` retries or fails), ``hand_back``, or nothing when the
+attempt was taken away. Signals: the first SIGTERM/SIGUSR1/SIGINT asks the running job to
+checkpoint and hands it back; a second one stops the child at once. Handlers set flags.
 """
 
 from __future__ import annotations
