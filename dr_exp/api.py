@@ -144,15 +144,20 @@ class Experiment:
                                          searchpath=searchpath, typed=typed)
         return self._queue(composed, force, uuid.uuid4().hex[:12], **queueing)
 
-    def submit_configs(self, configs: list[dict[str, Any]], priority: int = DEFAULT_PRIORITY,
+    def submit_configs(self, configs: list[dict[str, Any] | _compose.ComposedConfig], priority: int = DEFAULT_PRIORITY,
                        tags: str | Iterable[str] | None = None, force: bool = False,
                        max_attempts: int | None = None, timeout: float | None = None,
                        max_worker_losses: int | None = None, sweep_id: str | None = None) -> SubmitResult:
-        """Queue already-composed configs (plain dicts with ``_target_``), e.g. built in Python."""
+        """Queue already-composed configs: plain dicts with ``_target_`` (e.g. built in Python), or
+        :class:`~dr_exp.compose.ComposedConfig` from :func:`~dr_exp.compose.compose_many`, whose
+        source, sweep params and study trial the records keep."""
         queueing = self._queueing(priority, tags, max_attempts, timeout, max_worker_losses)
         composed = []
         checked: dict[Any, Any] = {}
         for i, config in enumerate(configs):
+            if isinstance(config, _compose.ComposedConfig):
+                composed.append(config)
+                continue
             plain, canonical = _compose.plain_config(config, f"config #{i}")
             _compose.check_config(plain, f"config #{i}", checked)
             composed.append(_compose.ComposedConfig("", "", [], plain, {}, canonical))
@@ -205,7 +210,7 @@ class Experiment:
                 id=job_id, experiment=self.name, config=config, config_hash=config_hash(config, canonical),
                 priority=priority, tags=list(tags),
                 config_path=c.config_path or None, config_name=c.config_name or None, overrides=c.overrides,
-                sweep_id=sweep_id, sweep_params=c.sweep_params, max_attempts=attempts, timeout=limit,
+                sweep_id=sweep_id, sweep_params=c.sweep_params, study=c.study, max_attempts=attempts, timeout=limit,
                 max_worker_losses=max_worker_losses or DEFAULT_MAX_WORKER_LOSSES, resources=resources,
                 storage_path=Layout.run_dir_relative(job_id),
                 provenance=capture.summary(c.config_path, str(config.get("_target_", "")),
@@ -611,8 +616,18 @@ class Experiment:
                         store.end_attempt(attempt, rec)
                     except OSError as exc:
                         raise storage_error(exc, f"could not record the end of job {rec.id}") from None
-                    return rec
+                    break
             time.sleep(0.5)
+        self._ended(rec)
+        return rec
+
+    def _ended(self, rec: JobRecord) -> None:
+        """The hook after an attempt's end is recorded: a trial of an adaptive sweep that has
+        finished tells its study and asks for the next trial (never raises; see :mod:`dr_exp.study`)."""
+        if rec.study is not None and rec.status in FINISHED:
+            from dr_exp.study import trial_ended
+
+            trial_ended(self, rec)
 
     # -- recovery ---------------------------------------------------------------------------------
     def recover(self, full_scan: bool = False, lease_seconds: float | None = None) -> list[tuple[str, str]]:
@@ -644,6 +659,7 @@ class Experiment:
             return None
         apply(rec)
         self.store.end_attempt(attempt, rec)
+        self._ended(rec)
         return rec
 
 

@@ -40,6 +40,7 @@ class ComposedConfig:
     config: dict[str, Any]
     sweep_params: dict[str, str]
     canonical: str | None = None  # the config's canonical JSON (job.canonical_json), when known
+    study: dict[str, Any] | None = None  # the trial of an adaptive sweep this config is (dr_exp.study)
 
 
 _OPEN, _CLOSE = "([{", ")]}"
@@ -258,7 +259,8 @@ def _deferred_env() -> Iterator[None]:
 def compose_many(config_path: str | os.PathLike[str], config_name: str, points: list[list[str]],
                  sweep_keys: Iterable[str] = (), reuse: bool = True,
                  searchpath: Iterable[str] = (), check: bool = True,
-                 typed: dict[str, TypedOverride] | None = None) -> list[ComposedConfig]:
+                 typed: dict[str, TypedOverride] | None = None,
+                 bases: dict[tuple[str, ...], Any] | None = None) -> list[ComposedConfig]:
     """Compose ``config_name`` once per list of overrides; any failure aborts them all.
 
     Hydra composes in two steps: overrides of config *groups* (``model=resnet18_cifar``) shape
@@ -271,6 +273,8 @@ def compose_many(config_path: str | os.PathLike[str], config_name: str, points: 
 
     ``check`` (the default) also checks each config's trainer, nested targets and whatever the
     trainer's module checks (:func:`check_config`); off, a config is composed and nothing more.
+    A caller that composes the same config again and again (an adaptive sweep, one trial at a
+    time) passes its own ``bases`` dict to keep the first step's results across calls.
     """
     from hydra import compose, initialize_config_dir
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
@@ -312,7 +316,7 @@ def compose_many(config_path: str | os.PathLike[str], config_name: str, points: 
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name="dr_exp"), _deferred_env():
-            bases: dict[tuple[str, ...], Any] = {}
+            bases = {} if bases is None else bases
             fast: dict[tuple[str, ...], _FastBase] = {}
             for overrides in points:
                 where = f"{config_name} with overrides {overrides}" if overrides else config_name

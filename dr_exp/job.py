@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from dr_exp.layout import MAX_PRIORITY, MIN_PRIORITY, is_job_id, marker_name
+from dr_exp.errors import StorageError
+from dr_exp.layout import MAX_PRIORITY, MIN_PRIORITY, is_job_id, marker_name, validate_name
 from dr_exp.state import Status
 
 RECORD_VERSION = 1
@@ -63,6 +64,7 @@ class JobRecord:
     config_hash: str = ""
     sweep_id: str | None = None
     sweep_params: dict[str, str] = field(default_factory=dict)
+    study: dict[str, Any] | None = None  # a trial of an adaptive sweep: {"name": study, "trial": number}
     attempts: int = 0                # claims so far; each attempt has its own number and lease
     attempt_base: int = 0            # ``attempts`` when the job was last retried by a user
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
@@ -209,6 +211,16 @@ def _provenance(v: Any) -> bool:
             and type(v.get("rerun_of", {})) is dict)
 
 
+def _study(v: Any) -> bool:
+    if type(v) is not dict or not {"name", "trial"} <= v.keys() or type(v["trial"]) is not int or v["trial"] < 0:
+        return False
+    try:
+        validate_name(v["name"], "study name")
+    except StorageError:
+        return False
+    return True
+
+
 def _history(v: Any) -> bool:
     return type(v) is list and all(type(h) is dict and type(h.get("to")) is str for h in v)
 
@@ -232,6 +244,7 @@ _CHECKS: dict[str, Any] = {
     "config_hash": _is_str,
     "sweep_id": _opt(_is_str),
     "sweep_params": lambda v: type(v) is dict and all(type(x) is str for x in v.values()),
+    "study": _opt(_study),
     "attempts": lambda v: _is_int(v) and v >= 0,
     "attempt_base": lambda v: _is_int(v) and v >= 0,
     "max_attempts": lambda v: _is_int(v) and v >= 1,

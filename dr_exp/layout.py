@@ -137,6 +137,11 @@ class Layout:
         return self.root / "provenance"
 
     @property
+    def studies_dir(self) -> Path:
+        """Adaptive sweeps: one directory per study (see :mod:`dr_exp.study`)."""
+        return self.root / "studies"
+
+    @property
     def sync_settings(self) -> Path:
         """The experiment's S3 sync settings (never credentials)."""
         return self.sync_dir / "settings.json"

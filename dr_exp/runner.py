@@ -43,6 +43,7 @@ from dr_exp.fileio import atomic_write
 from dr_exp.logging.structured_logger import StructuredLogger
 from dr_exp.ranks import RankGroup, local_world_size, merge_failure
 from dr_exp.rundir import RunDir
+from dr_exp.study import Pruned
 from dr_exp.targets import locate, trainer_form
 
 EXIT_OK = 0
@@ -195,7 +196,7 @@ def run_job(spec: dict[str, Any]) -> int:
     run = RunDir(Path(spec["run_dir"]))
     attempt = int(spec["attempt"])
     os.environ.update(DR_EXP_JOB_ID=spec["job_id"], DR_EXP_WORKER_ID=spec["worker_id"],
-                      DR_EXP_ATTEMPT=str(attempt), DR_EXP_RUN_DIR=str(run.root))
+                      DR_EXP_ATTEMPT=str(attempt), DR_EXP_RUN_DIR=str(run.root), **spec.get("env", {}))
     if spec.get("cuda_visible_devices"):  # before anything initialises CUDA in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = spec["cuda_visible_devices"]
     if spec.get("lease_path"):
@@ -227,6 +228,10 @@ def run_job(spec: dict[str, Any]) -> int:
         if ranks is not None:
             ranks.finish(RANKS_EXIT_SECONDS)
         _report(run, attempt, {"status": "preempted", "resume_from": run.relative(exc.resume_from)})
+        return EXIT_OK
+    except Pruned as exc:  # a trial of an adaptive sweep stopped early by its pruner: a result
+        _report(run, attempt, {"status": "pruned", "epoch": exc.epoch, "reason": str(exc),
+                               "metrics": normalize_result({"metrics": exc.metrics}, run)["metrics"]})
         return EXIT_OK
     except BaseException as exc:  # noqa: BLE001 - everything a trainer raises is a job failure
         if isinstance(exc, SystemExit):

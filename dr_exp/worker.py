@@ -39,6 +39,7 @@ from dr_exp.rundir import RunDir
 from dr_exp.runner import child_main
 from dr_exp.state import Ending
 from dr_exp.store import NO_SPACE
+from dr_exp.study import trial_env
 from dr_exp.telemetry import gpu_inventory
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
@@ -342,7 +343,8 @@ class Worker:
                 "config": rec.config, "resume_from": rec.resume_from, "worker_pid": os.getpid(),
                 "lease_path": attempt.lease_path, "lease_seconds": attempt.lease_seconds,
                 # A job sees the GPUs it asked for (the first of the worker's), not all of them.
-                "cuda_visible_devices": ",".join(self.gpu_ids[:rec.gpus]) if rec.gpus else None}
+                "cuda_visible_devices": ",".join(self.gpu_ids[:rec.gpus]) if rec.gpus else None,
+                "env": trial_env(self.exp, rec)}
         proc = self._context(attempt).Process(target=child_main, args=(spec,), name=f"dr_exp-job-{rec.id[:8]}")
         proc.start()
         if self._sync is not None:
@@ -426,6 +428,9 @@ class Worker:
         if status == "completed":
             result = _read_json(run.result) or {}
             return self._apply(run, attempt, "completed", self.exp.complete, attempt, result)
+        if status == "pruned":
+            result = {"metrics": outcome.get("metrics") or {}, "pruned_at_epoch": outcome.get("epoch")}
+            return self._apply(run, attempt, "pruned", self.exp.prune, attempt, result, str(outcome.get("reason")))
         if ending == "preempted" or status == "preempted":
             checkpoint = outcome.get("resume_from") or run.relative(run.last_checkpoint())
             what = self._apply(run, attempt, "preempted", self.exp.hand_back, attempt, checkpoint, "pre-empted")
@@ -474,7 +479,7 @@ class Worker:
             return "dropped: the job was cancelled or taken over meanwhile"
         self._own_jobs.add(rec.id)
         data = {"status": rec.status}
-        if rec.status == "completed":
+        if rec.status in ("completed", "pruned"):
             data["metrics"] = (rec.result or {}).get("metrics", {})
         elif rec.error and event == "failed":
             data.update(error_type=rec.error.get("type"), message=rec.error.get("message"))

@@ -82,14 +82,49 @@ def submit(c: Context, config_path: str | None, config_name: str | None, overrid
     report_submitted(c.exp.submit(config_path, config_name, overrides, **queueing))
 
 
+_SEARCH_OPTIONS = ("sampler", "trials", "parallel", "metric", "mode", "pruner", "seed")
+
+
 @job.command()
 @click.option("--config", "config", required=True, help="Job config file, e.g. exp_configs/noop.yaml.")
-@click.option("--params", required=True, help='Sweep, as in hydra -m: "model=a,b optimizer.lr=0.1,0.01 seed=range(0,3)".')
+@click.option("--params", default=None, help='Grid, as in hydra -m: "model=a,b optimizer.lr=0.1,0.01 seed=range(0,3)".')
 @click.option("--overrides", default=None, help="Fixed overrides applied to every point.")
+@click.option("--search", default=None,
+              help='Adaptive sweep over "lr=tag(log,interval(1e-4,1e-1)) wd=interval(0,1e-3) model=choice(a,b)" '
+                   "(with --params: one study per grid point).")
+@click.option("--sampler", default=None, help="tpe (default), random, grid or cmaes [name:option=value,...].")
+@click.option("--trials", type=int, default=None, help="Trials per study (with --search).")
+@click.option("--parallel", type=int, default=None, help="Trials queued or running at a time (default 4).")
+@click.option("--metric", default=None, help="The metric to optimise, as the trainer reports it, e.g. val/acc.")
+@click.option("--mode", default=None, help="max or min: whether a higher or a lower --metric is better.")
+@click.option("--pruner", default=None, help="none (default), asha, hyperband or median [name:option=value,...].")
+@click.option("--seed", type=int, default=None, help="Seed of the sampler (default: a random one, recorded).")
 @submit_options
-def sweep(c: Context, config: str, params: str, overrides: str | None, **queueing: Any) -> None:
-    """Queue the cartesian product of PARAMS (every point is composed before any is written)."""
-    report_submitted(c.exp.sweep(config, params, overrides, **queueing))
+def sweep(c: Context, config: str, params: str | None, overrides: str | None, search: str | None, **options: Any) -> None:
+    """Queue the cartesian product of PARAMS (every point is composed before any is written), or
+    an adaptive sweep over SEARCH whose trials are jobs (`dr_exp study show ID` follows it)."""
+    searching = {k: options.pop(k) for k in _SEARCH_OPTIONS}
+    given = {k: v for k, v in searching.items() if v is not None}
+    if search is None:
+        if given:
+            raise DrExpError(f"--{next(iter(given))} goes with --search (an adaptive sweep); "
+                             "a grid sweep takes --params alone")
+        if params is None:
+            raise DrExpError('give --params "key=v1,v2" (a grid) or --search "key=interval(lo,hi)" (an adaptive sweep)')
+        report_submitted(c.exp.sweep(config, params, overrides, **options))
+        return
+    from dr_exp.study import sweep as study_sweep
+
+    for needed in ("trials", "metric", "mode"):
+        if needed not in given:
+            raise DrExpError(f"--search needs --{needed} (e.g. --trials 64 --metric val/acc --mode max)")
+    options.pop("force")  # every trial is a run of its own, even with the same parameters as another
+    result = study_sweep(c.exp, config, search, params=params, overrides=overrides, **given, **options)
+    for name in result.studies:
+        click.echo(f"study {name}: {result.trials} trials; follow it with `dr_exp study show {name}`")
+    click.echo(f"sweep {result.sweep_id}: submitted {len(result.submitted)} jobs (the first trials)")
+    for rec in result.submitted:
+        click.echo(rec.id)
 
 
 def _row(row: dict, verbose: bool) -> dict:
@@ -231,11 +266,15 @@ def retry(c: Context, job_ids: tuple[str, ...], status: str | None) -> None:
 @job.command()
 @pass_ctx
 def recover(c: Context) -> None:
-    """Re-queue jobs whose worker stopped heartbeating (lease expired)."""
+    """Re-queue jobs whose worker stopped heartbeating (lease expired); advance adaptive sweeps."""
     done = c.exp.recover(full_scan=True)
     for job_id, what in done:
         click.echo(f"{job_id}: {what}")
     click.echo(f"recovered {len(done)} jobs")
+    from dr_exp.study import repair_studies
+
+    for line in repair_studies(c.exp):  # trials whose end was recorded but not told to their study
+        click.echo(line)
 
 
 @job.command("run-one")

@@ -81,7 +81,7 @@ def _why_pending(exp: Experiment, pending: dict[int, int]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     # Importing the command modules registers their commands on `cli`.
-    from dr_exp.cli import job, repro, results, storage, sync, system, view  # noqa: F401
+    from dr_exp.cli import job, repro, results, storage, study, sync, system, view  # noqa: F401
 
     try:
         cli.main(args=argv, prog_name="dr_exp", standalone_mode=False)
