@@ -334,6 +334,7 @@ def compose_many(config_path: str | os.PathLike[str], config_name: str, points: 
                         key = tuple(structural)
                         if key not in bases:
                             bases[key] = compose(config_name=config_name, overrides=structural + search)
+                        if key not in fast:
                             fast[key] = _FastBase(bases[key])
                         for line in values:
                             if line not in typed:

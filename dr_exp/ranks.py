@@ -302,6 +302,7 @@ def _rank_main() -> int:
     """``python -m dr_exp.ranks``: one rank > 0 of a job; the spec comes on stdin."""
     from dr_exp import preemption
     from dr_exp.runner import TrainerExit, _call_trainer, _die_with, _is_fatal
+    from dr_exp.study import Pruned
 
     spec = json.loads(sys.stdin.buffer.read())
     sys.path[:] = [p for p in spec.get("sys_path", []) if isinstance(p, str)] or sys.path
@@ -321,7 +322,7 @@ def _rank_main() -> int:
                "resume_from": spec.get("resume_from"), "attempt": int(spec["attempt"])}
     try:
         _call_trainer(spec["config"], runtime)
-    except preemption.Preempted:
+    except (preemption.Preempted, Pruned):  # rank 0 reports the job's ending
         return 0
     except BaseException as exc:  # noqa: BLE001 - reported to rank 0, which fails the job
         if isinstance(exc, SystemExit):

@@ -230,6 +230,8 @@ def run_job(spec: dict[str, Any]) -> int:
         _report(run, attempt, {"status": "preempted", "resume_from": run.relative(exc.resume_from)})
         return EXIT_OK
     except Pruned as exc:  # a trial of an adaptive sweep stopped early by its pruner: a result
+        if ranks is not None:
+            ranks.finish(RANKS_EXIT_SECONDS)
         _report(run, attempt, {"status": "pruned", "epoch": exc.epoch, "reason": str(exc),
                                "metrics": normalize_result({"metrics": exc.metrics}, run)["metrics"]})
         return EXIT_OK

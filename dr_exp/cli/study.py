@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from dr_exp.cli.main import Context, cli, pass_ctx
+from dr_exp.cli.base import Context, cli, pass_ctx
 from dr_exp.cli.output import fmt_value, print_json, print_table
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dr_exp.study.report import Pruned, report, trial_env
+from dr_exp.study.report import Pruned, in_trial, report, trial_env, trial_metric
 from dr_exp.study.spec import StudyError
 
 if TYPE_CHECKING:
@@ -62,5 +62,5 @@ def repair_studies(exp: Experiment) -> list[str]:
     return _repair(exp)
 
 
-__all__ = ["Pruned", "StudyError", "list_studies", "load_study", "repair_studies", "report", "sweep",
-           "trial_ended", "trial_env"]
+__all__ = ["Pruned", "StudyError", "in_trial", "list_studies", "load_study", "repair_studies", "report", "sweep",
+           "trial_ended", "trial_env", "trial_metric"]

@@ -19,7 +19,7 @@ from typing import Any
 from dr_exp.study.spec import StudyError, StudySpec, import_optuna
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
-PRUNERS = ("asha", "hyperband", "median", "none")
+PRUNERS = ("asha", "hyperband", "median", "percentile", "threshold", "none")
 
 # name -> (Optuna class, defaults that differ from Optuna's)
 _SAMPLER_CLASSES = {
@@ -35,6 +35,10 @@ _PRUNER_CLASSES = {
     "asha": ("SuccessiveHalvingPruner", {"min_resource": 2}),
     "hyperband": ("HyperbandPruner", {"min_resource": 1}),
     "median": ("MedianPruner", {"n_startup_trials": 5, "n_warmup_steps": 1}),
+    "percentile": ("PercentilePruner", {"percentile": 25.0, "n_startup_trials": 5, "n_warmup_steps": 1}),
+    # Stops a trial whose value leaves [lower, upper] (or is NaN): `threshold:lower=0.2` for an
+    # accuracy that never took off, `threshold:upper=10` for a loss that diverged.
+    "threshold": ("ThresholdPruner", {}),
     "none": ("NopPruner", {}),
 }
 

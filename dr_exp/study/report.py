@@ -46,7 +46,11 @@ class Pruned(Exception):
         self.epoch = epoch
         self.metric = metric
         self.value = value
+        self.pruner = pruner
         self.metrics = dict(metrics or {})
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable: sent from rank 0 to the other ranks
+        return Pruned, (self.epoch, self.metric, self.value, self.pruner, self.metrics)
 
 
 def trial_env(exp: Experiment, rec: JobRecord) -> dict[str, str]:
@@ -63,6 +67,18 @@ def report(metrics: Mapping[str, Any], epoch: int) -> None:
     reporter = _reporter()
     if reporter is not None:
         reporter.report(metrics, epoch)
+
+
+def in_trial() -> bool:
+    """Whether this process runs a trial of an adaptive sweep (without loading the study)."""
+    return bool(os.environ.get(STUDY_DIR_ENV) and os.environ.get(TRIAL_ENV))
+
+
+def trial_metric() -> str | None:
+    """The metric this job's trial is judged on (``--metric``), or None when the job is not a
+    trial: lets a training loop report only epochs that produced it."""
+    reporter = _reporter()
+    return reporter.spec.metric if reporter is not None else None
 
 
 _current: tuple[tuple[str, str], _Reporter] | None = None

@@ -143,3 +143,24 @@ def test_kill_9_of_rank_1_fails_the_job_naming_the_rank_and_leaves_no_process(ba
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert json.loads(json.dumps(rec.error))["type"] == "RankDied"
+
+
+def test_a_pruned_two_rank_trial_stops_on_both_ranks_at_the_same_epoch(base):
+    # An adaptive sweep of one trial on 2 ranks whose accuracy after the first epoch is below the
+    # threshold: rank 0 alone asks the study, both ranks stop there, and the job ends pruned.
+    pytest.importorskip("optuna")
+    out = run_cli("job", "sweep", "--config", str(EXP_CONFIGS / "quickstart.yaml"), "--search", "optimizer.lr=choice(0.05)",
+                  "--sampler", "grid", "--trials", "1", "--pruner", "threshold:lower=0.999", "--metric", "val/acc",
+                  "--mode", "max", "--overrides", f"{DDP} trainer.max_epochs=5", base=base)
+    assert out.returncode == 0, out.stderr
+    worker = run_cli("system", "worker", "--idle-timeout", "0", base=base, timeout=200)
+    assert worker.returncode == 0, worker.stderr
+
+    exp = Experiment(base, "exp")
+    (rec,) = exp.list()
+    assert rec.status == "pruned", (rec.status, rec.error, exp.run_dir(rec.id).tail())
+    assert rec.result["pruned_at_epoch"] == 0 and 0 < rec.result["metrics"]["val/acc"] < 0.999, rec.result
+    assert "pruned at epoch 0 by the threshold pruner" in rec.history[-1]["reason"]
+    names = [e["event"] for e in events(exp, rec.id)]
+    assert names.count("epoch_end") == 1 and names.count("pruned") == 1, names
+    assert_group_gone(next(e for e in events(exp, rec.id) if e["event"] == "ranks_started")["pgid"])

@@ -1,6 +1,6 @@
 """decon_cnn under an adaptive sweep: a search over the learning rate on the quick-start data,
-with a pruner, through the CLI and a real worker. The trainer is decon_cnn's ``train(cfg, ...)``
-with one Lightning callback that reports each epoch (tests/integration/study_decon_trainer.py)."""
+with a pruner, through the CLI and a real worker. The trainer is the decon_cnn bridge as users run
+it: it reports each epoch to the trial and stops when the pruner says so, with no code added."""
 
 from pathlib import Path
 
