@@ -18,9 +18,9 @@ pytestmark = pytest.mark.timeout(240)
 FAST_SETTLE = {"DR_EXP_SETTLE_SECONDS": "0.05"}  # many corrupt records: keep the re-reads short
 
 NULLABLE = {"started_at", "finished_at", "config_path", "config_name", "sweep_id", "timeout", "worker_id", "host",
-            "resume_from", "result", "error", "sync", "provenance"}
+            "resume_from", "result", "error", "sync", "provenance", "study"}
 REQUIRED = {"id", "experiment", "config", "status", "seq"}
-DICT_FIELDS = {"config", "result", "error", "sync", "sweep_params", "resources", "provenance"}
+DICT_FIELDS = {"config", "result", "error", "sync", "sweep_params", "resources", "provenance", "study"}
 
 
 def _backdate(path, seconds=120):

@@ -173,11 +173,15 @@ def test_slurm_submit_dry_run_is_a_valid_script_and_submit_shows_in_status(slurm
                    "--time", "00:10:00", "--idle-timeout", "1", base=base, SLURM_CONF=CONF)
     assert proc.returncode == 0, proc.stderr
     slurm_id = proc.stdout.split()[3]
-    status = run_cli("status", base=base, SLURM_CONF=CONF).stdout
-    assert slurm_id in status
+
+    def allocation_row() -> list[str]:  # the allocation's row of `status` (the id is its first column)
+        rows = [line.split() for line in run_cli("status", base=base, SLURM_CONF=CONF).stdout.splitlines()]
+        return next(r for r in rows if r and r[0] == slurm_id)
+
+    assert allocation_row()
     assert wait_done(slurm, slurm_id)[0] == "COMPLETED"
     completed_once(exp)
-    assert "completed" in run_cli("status", base=base, SLURM_CONF=CONF).stdout.split(slurm_id)[1].splitlines()[0]
+    assert "completed" in allocation_row()
 
 
 def test_requeue_allocation_restarts_the_same_slurm_job_which_resumes(slurm, base):
