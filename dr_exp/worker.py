@@ -141,16 +141,19 @@ class _SyncThread(threading.Thread):
                 self.queue.enqueue(self.current_job, "running")
             self.drain()
 
-    def drain(self, respect_backoff: bool = True) -> None:
+    def drain(self, respect_backoff: bool = True) -> bool:
+        """One pass over the queue; False when retrying now cannot help (a configuration error
+        such as a missing bucket or refused credentials)."""
         try:
             report = self.queue.drain(self.handler, respect_backoff=respect_backoff)
         except Exception:  # sync trouble must never stop the worker
             self.log.exception("sync drain failed")
-            return
+            return True
         for job_id, uploaded in report.done:
             self.log.info("synced %s (%d files uploaded)", job_id, uploaded)
         for job_id, message in report.errors:
             self.log.warning("sync of %s failed (stays queued): %s", job_id, message)
+        return report.fatal is None
 
     def finish(self, own_jobs: set[str], wait: float) -> None:
         """Wait up to ``wait`` s for this worker's own entries; leave the rest queued."""
@@ -159,7 +162,8 @@ class _SyncThread(threading.Thread):
         self.join(timeout=wait)
         deadline = time.monotonic() + wait
         while self.queue.pending_for(own_jobs) and time.monotonic() < deadline:
-            self.drain(respect_backoff=False)
+            if not self.drain(respect_backoff=False):
+                break  # waiting for a bucket that does not exist helps no one
             if self.queue.pending_for(own_jobs):
                 time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
         left = self.queue.pending_for(own_jobs)
