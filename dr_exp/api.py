@@ -359,16 +359,13 @@ class Experiment:
                       problems: list[str] | None = None) -> Iterator[bytes]:
         """The summary's lines (JSON, one job each), filtered by status without parsing them."""
         statuses = parse_statuses(status)
-        wanted = {s.encode() for s in statuses} if statuses else None
-        for line in self._summary_lines(problems):
-            if wanted is None or raw_status(line) in wanted:
-                yield line
+        yield from self._summary_lines(problems, {s.encode() for s in statuses} if statuses else None)
 
-    def _summary_lines(self, problems: list[str] | None) -> Iterator[bytes]:
+    def _summary_lines(self, problems: list[str] | None, statuses: set[bytes] | None = None) -> Iterator[bytes]:
         if not self.store.exists():
             return
         summary = Summary(self.layout)
-        lines = summary.lines() if summary.exists() else None
+        lines = summary.lines(statuses) if summary.exists() else None
         try:
             first = next(lines) if lines is not None else None
         except StopIteration:
@@ -380,17 +377,15 @@ class Experiment:
             lines = None
         if lines is None:  # no summary (an experiment from before summaries), or a damaged one
             for rec in self.store.iter_records(problems):
-                yield summary_line(rec)
+                if statuses is None or rec.status.encode() in statuses:
+                    yield summary_line(rec)
             return
-        n = 0
         if first is not None:
-            n = 1
             yield first
-        for line in lines:
-            n += 1
-            yield line
+        yield from lines
         if problems is not None:
-            on_disk = len(self.store.record_ids())
+            n = summary.jobs
+            on_disk = self.store.count_records()
             if on_disk != n:
                 problems.append(f"the summary lists {n} jobs but {on_disk} records exist (a crash mid-write, or "
                                 "files changed by hand); `dr_exp validate --rebuild-index` rebuilds it")

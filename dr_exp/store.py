@@ -25,6 +25,7 @@ import errno
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -194,6 +195,13 @@ class ExperimentStore:
     def record_ids(self) -> list[str]:
         """Ids of all records (from the directory listing; nothing is read)."""
         return [n[:-5] for n in list_dir(self.layout.jobs) if n.endswith(".json") and not n.startswith(".")]
+
+    def count_records(self) -> int:
+        """How many records exist: names ``<id>.json`` in one directory listing, counted in bulk
+        (hidden files, such as spares and temporary files, are not records)."""
+        names = "\0" + "\0".join(list_dir(self.layout.jobs)) + "\0"
+        hidden = re.findall(r"\0\.[^\0]*\.json(?=\0)", names) if "\0." in names else ()
+        return names.count(".json\0") - len(hidden)
 
     def iter_records(self, problems: list[str] | None = None) -> Iterator[JobRecord]:
         """All readable records. One that cannot be read is skipped and described in

@@ -19,14 +19,15 @@ The summary is never trusted over the records: `validate` compares them and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from dr_exp.fileio import atomic_write, list_dir, read_bytes
 from dr_exp.job import JobRecord
@@ -140,6 +141,7 @@ class Summary:
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
         self.dir = layout.root / "summary"
+        self.jobs: int | None = None  # set by a complete pass of lines()
 
     def exists(self) -> bool:
         return self.dir.is_dir()
@@ -186,32 +188,37 @@ class Summary:
                     newest[job_id] = line
         return newest, ends
 
-    def lines(self) -> Iterator[bytes]:
-        """The newest summary line of every job that exists, streamed. Raises
-        :class:`SummaryDamaged` before yielding anything if the summary cannot be trusted."""
+    def lines(self, statuses: Collection[bytes] | None = None) -> Iterator[bytes]:
+        """The newest summary line of every job that exists (of those in ``statuses`` when given),
+        streamed; once exhausted, :attr:`jobs` says how many jobs it saw in all. Raises
+        :class:`SummaryDamaged` before yielding anything if the summary cannot be trusted.
+
+        The snapshot is read in blocks of whole lines, and a status filter finds its lines with
+        substring searches over a block: only the lines it yields cost Python work."""
         has_meta = (self.dir / META).exists()
         meta = self._meta()
         tails, _ = self._tails(meta["offsets"])
+        wanted = set(statuses) if statuses is not None else None
+        jobs = 0
         try:
             fh = open(self.dir / SNAPSHOT, "rb")  # noqa: SIM115 - streamed below
         except FileNotFoundError:
             if has_meta:
                 raise SummaryDamaged("its snapshot is missing") from None
             fh = None
-        if fh is not None:
-            with fh:
-                for line in fh:
-                    if not line.endswith(b"\n") or not line.startswith(b'{"id":"'):
-                        continue
-                    if tails:
-                        newer = tails.pop(line[_ID].decode(), None)
-                        if newer is not None and _rev(newer) > _rev(line):
-                            line = newer
-                    if _REMOVED not in line:
-                        yield line
+        with fh or contextlib.nullcontext():
+            for block in _blocks(fh) if fh is not None else ():
+                if tails:
+                    block = _newer_from(block, tails)
+                jobs += block.count(b'\n{"id":"') + block.startswith(b'{"id":"') - block.count(_REMOVED)
+                yield from _block_lines(block, wanted)
         for line in tails.values():
-            if _REMOVED not in line:
+            if _REMOVED in line:
+                continue
+            jobs += 1
+            if wanted is None or raw_status(line) in wanted:
                 yield line
+        self.jobs = jobs
 
     def rows(self) -> Iterator[dict[str, Any]]:
         for line in self.lines():
@@ -308,3 +315,56 @@ class Summary:
 
 def snapshot_path(layout: Layout) -> Path:
     return layout.root / "summary" / SNAPSHOT
+
+
+_BLOCK = 1 << 22
+
+
+def _blocks(fh: BinaryIO) -> Iterator[bytes]:
+    """A file in blocks of whole lines (a torn last line, a write in progress, is left out)."""
+    rest = b""
+    while chunk := fh.read(_BLOCK):
+        block = rest + chunk if rest else chunk
+        cut = block.rfind(b"\n") + 1
+        rest = block[cut:]
+        if cut:
+            yield block[:cut]
+
+
+def _newer_from(block: bytes, tails: dict[str, bytes]) -> bytes:
+    """``block`` with each line replaced by its job's line in ``tails`` where that one is newer;
+    the tails of jobs the block holds are taken out of ``tails``."""
+    lines = block.splitlines(keepends=True)
+    ids = {job_id.encode() for job_id in tails}
+    hits = [i for i, line in enumerate(lines) if line[_ID] in ids and line.startswith(b'{"id":"')]
+    changed = False
+    for i in hits:
+        line = lines[i]
+        newer = tails.pop(line[_ID].decode(), None)
+        if newer is not None and _rev(newer) > _rev(line):
+            lines[i] = newer
+            changed = True
+    return b"".join(lines) if changed else block
+
+
+def _block_lines(block: bytes, wanted: set[bytes] | None) -> Iterator[bytes]:
+    """The job lines of a block (of a status in ``wanted``, when given), in order."""
+    if wanted is None:
+        for line in block.splitlines(keepends=True):
+            if line.startswith(b'{"id":"') and _REMOVED not in line:
+                yield line
+        return
+    found: dict[int, bytes] = {}
+    for status in wanted:
+        needle = b'"status":"' + status + b'"'
+        pos = block.find(needle)
+        while pos >= 0:
+            start = block.rfind(b"\n", 0, pos) + 1
+            end = block.find(b"\n", pos) + 1
+            line = block[start:end]
+            # The substring may sit in a parameter named "status": the line's own field decides.
+            if line.startswith(b'{"id":"') and raw_status(line) == status:
+                found[start] = line
+            pos = block.find(needle, end)
+    for start in sorted(found) if len(wanted) > 1 else found:
+        yield found[start]

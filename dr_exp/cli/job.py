@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import sys
 import time
+from operator import itemgetter
 from typing import Any
 
 import click
@@ -175,20 +176,23 @@ def list_jobs(c: Context, status: str | None, tags: str | None, sweep_id: str | 
     def order(row: dict) -> tuple[int, int]:
         return -row.get("priority", 0), row.get("seq", 0)
 
-    rows = c.exp.summaries(status=status, tags=tags, sweep_id=sweep_id, problems=problems)
-    rows = heapq.nsmallest(limit, rows, key=order) if limit else sorted(rows, key=order)
+    summaries = c.exp.summaries(status=status, tags=tags, sweep_id=sweep_id, problems=problems)
+    # Only what is printed is kept (not whole summary rows): memory grows with the listing, not the experiment.
+    keep = (lambda r: r["id"]) if fmt in ("json", "jsonl") else (lambda r: _row(r, verbose))
+    keyed = ((order(r), keep(r)) for r in summaries)
+    rows = [kept for _, kept in (heapq.nsmallest(limit, keyed, key=itemgetter(0)) if limit
+                                 else sorted(keyed, key=itemgetter(0)))]
     for p in problems:
         click.echo(f"warning: {p}", err=True)
     if fmt in ("json", "jsonl"):
-        records = (c.exp.read_or_none(r["id"]) for r in rows)
+        records = (c.exp.read_or_none(job_id) for job_id in rows)
         stream_json((rec.to_dict() for rec in records if rec is not None), lines=fmt == "jsonl")
         return
     if not rows:
         click.echo("no jobs" + (" match" if status or tags or sweep_id else f" in {c.exp.store.root}"))
         return
-    table = [_row(r, verbose) for r in rows]
-    columns = list(dict.fromkeys(k for r in table for k in r))
-    print_table(table, columns, max_width=200 if verbose else 48)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    print_table(rows, columns, max_width=200 if verbose else 48)
 
 
 @job.command()

@@ -26,24 +26,25 @@ def fmt_value(value: Any) -> str:
     return str(value)
 
 
-def print_table(rows: list[dict[str, Any]], columns: list[str], max_width: int = 48) -> None:
-    cells = [[fmt_value(row.get(c)) for c in columns] for row in rows]
+def print_table(rows: Iterable[dict[str, Any]], columns: list[str], max_width: int = 48) -> None:
+    """Columns as wide as their widest cell (at most ``max_width``; longer cells end in "…")."""
+    cells = []
     widths = [len(c) for c in columns]
-    for line in cells:
+    for row in rows:
+        line = [v if type(v) is str else fmt_value(v) for v in map(row.get, columns)]
         for i, cell in enumerate(line):
-            widths[i] = min(max(widths[i], len(cell)), max_width)
-
-    def render(line: list[str]) -> str:
-        parts = []
-        for cell, width in zip(line, widths, strict=True):
-            if len(cell) > width:
-                cell = cell[: width - 1] + "…"
-            parts.append(cell.ljust(width))
-        return "  ".join(parts).rstrip()
-
-    out = [render(list(columns)), render(["-" * w for w in widths])]
-    out.extend(render(line) for line in cells)
-    click.echo("\n".join(out))
+            if len(cell) > widths[i]:
+                if len(cell) > max_width:
+                    line[i] = cell = cell[: max_width - 1] + "…"
+                widths[i] = len(cell)
+        cells.append(line)
+    widths = [min(w, max_width) for w in widths]
+    template = "  ".join(f"{{:<{w}.{w}}}" for w in widths)
+    out = click.get_text_stream("stdout")
+    out.write(template.format(*columns).rstrip() + "\n" + template.format(*("-" * w for w in widths)).rstrip() + "\n")
+    for start in range(0, len(cells), 2000):  # in chunks: a 100,000-row table is not one string
+        out.write("".join(template.format(*line).rstrip() + "\n" for line in cells[start:start + 2000]))
+    out.flush()
 
 
 def print_json(obj: Any) -> None:

@@ -24,7 +24,7 @@ def du(c: Context) -> None:
     from dr_exp.disk import usage
 
     parts = usage(c.exp)
-    jobs = len(c.exp.store.record_ids())
+    jobs = c.exp.store.count_records()
     total_files = sum(u.files + u.dirs for u in parts)
     rows = [{"part": u.part, "files": u.files, "dirs": u.dirs, "size": _size(u.bytes)} for u in parts]
     rows.append({"part": "total", "files": sum(u.files for u in parts), "dirs": sum(u.dirs for u in parts),

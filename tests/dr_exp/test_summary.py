@@ -117,3 +117,36 @@ def test_six_workers_and_a_reader_and_a_deleted_summary(base, exp):
     assert by_id(exp) == truth(exp)  # rebuilt by a worker, then kept up to date
     assert exp.counts()["completed"] == n
     assert "no problems found" in run_cli("validate", base=base).stdout
+
+
+def test_status_filters_agree_with_the_records_across_blocks_and_tails(exp, monkeypatch):
+    # Blocks of ~300 bytes, so that lines cross block edges; a parameter named "status" whose
+    # value is a status; changes before and after a fold (snapshot lines, and newer lines in the
+    # logs that move jobs into and out of each status); a stale log line older than the snapshot.
+    from dr_exp import summary as summary_module
+    from tests.conftest import EXP_CONFIGS
+
+    monkeypatch.setattr(summary_module, "_BLOCK", 300)
+    exp.sweep(str(EXP_CONFIGS / "noop.yaml"), "+status=failed,completed +i=range(0,15)", max_attempts=1)
+    before = {json.loads(line)["id"]: line for line in exp.summary_lines("pending")}  # every job, pending
+    for _ in range(8):
+        exp.complete(exp.claim("w"), {"metrics": {}})
+    for _ in range(4):
+        exp.fail(exp.claim("w"), {"type": "E", "message": "m"}, Ending.ERROR)
+    summary = Summary(exp.layout)
+    assert summary.compact(force=True)
+    for _ in range(3):
+        exp.complete(exp.claim("w"), {"metrics": {}})
+    exp.retry(exp.list(status="failed")[0].id)  # failed -> pending: out of one filter, into another
+    exp.cancel(exp.list(status="pending")[-1].id)
+    done_before_fold = exp.list(status="completed")[0].id
+    with open(summary.dir / "log-stale.jsonl", "wb") as fh:  # a late line from a slow writer, older than the snapshot
+        fh.write(before[done_before_fold])
+
+    for statuses in (None, "pending", "failed", "completed", "cancelled", "completed,failed", "running"):
+        got = [json.loads(line)["id"] for line in exp.summary_lines(statuses)]
+        want = {r.id for r in exp.list() if statuses is None or r.status in statuses.split(",")}
+        assert len(got) == len(set(got)) and set(got) == want, statuses
+    problems = []
+    assert sum(exp.counts(problems=problems).values()) == 30 and problems == []
+    assert by_id(exp) == truth(exp)
