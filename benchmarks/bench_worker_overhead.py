@@ -18,7 +18,7 @@ from pathlib import Path
 
 from benchmarks.common import machine, pct, table
 from dr_exp.api import Experiment
-from dr_exp.store import read_jsonl
+from dr_exp.fileio import read_jsonl
 
 
 def worker_overhead(base: Path, jobs: int, preload: str) -> dict:

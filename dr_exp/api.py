@@ -154,11 +154,12 @@ class Experiment:
         queueing = self._queueing(priority, tags, max_attempts, timeout, max_worker_losses)
         composed = []
         checked: dict[Any, Any] = {}
+        shared: dict[int, Any] = {}
         for i, config in enumerate(configs):
             if isinstance(config, _compose.ComposedConfig):
                 composed.append(config)
                 continue
-            plain, canonical = _compose.plain_config(config, f"config #{i}")
+            plain, canonical = _compose.plain_config(config, f"config #{i}", shared)
             _compose.check_config(plain, f"config #{i}", checked)
             composed.append(_compose.ComposedConfig("", "", [], plain, {}, canonical))
         return self._queue(composed, force, sweep_id, **queueing)

@@ -528,11 +528,14 @@ def compose_one(config_path: str | os.PathLike[str], config_name: str, overrides
     return compose_many(config_path, config_name, [overrides or []], searchpath=searchpath, check=check)[0]
 
 
-def plain_config(config: Any, where: str = "config") -> tuple[dict[str, Any], str]:
+def plain_config(config: Any, where: str = "config", shared: dict[int, Any] | None = None) -> tuple[dict[str, Any], str]:
     """A config given from Python (dict or DictConfig) as plain JSON data, with its canonical
     JSON (:func:`dr_exp.job.canonical_json`), or ConfigError naming the first value JSON cannot
-    hold exactly (sets, bytes, arbitrary objects, keys that are not strings)."""
+    hold exactly (sets, bytes, arbitrary objects, keys that are not strings). ``shared``, kept
+    across the configs of one batch, remembers the sections already checked."""
     from dr_exp.job import canonical_json
+
+    shared = {} if shared is None else shared
 
     try:
         from omegaconf import DictConfig, OmegaConf
@@ -544,8 +547,25 @@ def plain_config(config: Any, where: str = "config") -> tuple[dict[str, Any], st
     if not isinstance(config, dict):
         raise ConfigError(f"{where} is a {type(config).__name__}, not a dict")
 
+    def str_keys(value: Any) -> bool:
+        """Every key a string (JSON would turn others into strings silently); the fast pass.
+        Containers already checked (configs of one batch often share their sections) are skipped."""
+        if id(value) in shared:
+            return True
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if type(k) is not str or (isinstance(v, (dict, list, tuple)) and not str_keys(v)):
+                    return False
+        else:
+            for v in value:
+                if isinstance(v, (dict, list, tuple)) and not str_keys(v):
+                    return False
+        if value is not config:
+            shared[id(value)] = value  # kept alive, so that its id is not reused
+        return True
+
     def keys(value: Any, path: str) -> None:
-        """Every key a string (JSON would turn others into strings silently)."""
+        """Raise for the first key that is not a string, with its path."""
         items = value.items() if isinstance(value, dict) else enumerate(value)
         for k, v in items:
             if isinstance(value, dict) and type(k) is not str:
@@ -566,7 +586,8 @@ def plain_config(config: Any, where: str = "config") -> tuple[dict[str, Any], st
                 return f"{where_.lstrip('.')} is a {type(v).__name__} ({v!r:.40})"
         return None
 
-    keys(config, "")
+    if not str_keys(config):
+        keys(config, "")
     try:
         return config, canonical_json(config)
     except (TypeError, ValueError):

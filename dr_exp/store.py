@@ -22,6 +22,7 @@ keeps reading exactly that version. Only :func:`os.rename`, ``O_CREAT|O_EXCL`` a
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import os
@@ -57,7 +58,7 @@ from dr_exp.layout import (
 )
 from dr_exp.lock import RecordLock
 from dr_exp.rundir import RunDir
-from dr_exp.summary import SummaryWriter, removed_line, summary_line
+from dr_exp.summary import Summary, SummaryWriter, removed_line, summary_line
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,11 @@ class ExperimentStore:
                                "pass a writable --base-path or set DR_EXP_BASE_PATH")
         locks = self.layout.locks
         try:
+            fresh = not os.path.isdir(self.layout.jobs)
             for sub in SUBDIRS:
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
+            if fresh:  # every job of a new experiment is in the summary's logs: nothing to rebuild
+                Summary(self.layout).start_empty()
             self.class_dir(0)
             if not os.path.exists(f"{locks}/ff.lock"):
                 # All lock stripes up front, so that no claim pays for creating one.
@@ -301,14 +305,18 @@ class ExperimentStore:
 
     # -- dedup index -----------------------------------------------------------------------
     def _index_file(self, config_hash: str) -> str:
-        return f"{self.layout.index_dir}/{config_hash[:2]}.jsonl"
+        return f"{self._index_root}/{config_hash[:2]}.jsonl"
+
+    @functools.cached_property
+    def _index_root(self) -> str:
+        return str(self.layout.index_dir)
 
     def _index_add(self, records: Iterable[JobRecord]) -> None:
         """One appended line per job (``[hash, id]``), grouped per shard file."""
         shards: dict[str, list[str]] = {}
         for rec in records:
             shards.setdefault(self._index_file(rec.config_hash), []).append(
-                json.dumps([rec.config_hash, rec.id]) + "\n")
+                f'["{rec.config_hash}", "{rec.id}"]\n')  # hex and a uuid: JSON without escaping
         for path, lines in shards.items():
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:

@@ -295,6 +295,24 @@ class Summary:
             (self.dir / name).unlink(missing_ok=True)
         return True
 
+    def start_empty(self) -> None:
+        """The summary of a new experiment: an empty snapshot that relies on no log, so that
+        readers and folds take every job from the logs and nothing is ever rebuilt from the
+        records. Never replaces a snapshot or meta file that exists."""
+        self.dir.mkdir(exist_ok=True)
+        try:
+            os.close(os.open(self.dir / SNAPSHOT, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            return
+        tmp = self.dir / f".{META}.{uuid.uuid4().hex[:8]}.tmp"
+        atomic_write(tmp, json.dumps({"offsets": {}, "written_at": time.time(), "token": uuid.uuid4().hex}))
+        try:
+            os.link(tmp, self.dir / META)  # never over a meta file another process wrote
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def rebuild(self, records: Iterable[JobRecord]) -> int:
         """A new snapshot from the records alone; every log is folded (read to its end) first."""
         self.dir.mkdir(exist_ok=True)

@@ -75,8 +75,9 @@ def test_folding_keeps_the_same_answer_and_drops_idle_logs(exp):
 
 def test_a_damaged_summary_is_noticed_and_rebuilt(base, exp):
     exp.submit_configs([{**NOOP, "i": i} for i in range(30)])
-    assert "rebuilt" in exp.fold_summary()  # first fold: no snapshot yet
-    assert exp.fold_summary() is None
+    # A new experiment's summary starts as an empty snapshot plus the logs: never rebuilt.
+    assert Summary(exp.layout).damage() is None and exp.fold_summary() is None
+    assert by_id(exp) == truth(exp)
     shutil.rmtree(exp.layout.root / "summary")
     problems: list[str] = []
     assert sum(exp.counts(problems).values()) == 30  # counted from the records meanwhile
