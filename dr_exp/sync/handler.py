@@ -35,6 +35,7 @@ from dr_exp.errors import SyncError
 from dr_exp.fileio import atomic_write
 from dr_exp.rundir import RunDir
 from dr_exp.store import ExperimentStore
+from dr_exp.summary import summary_line
 from dr_exp.sync.config import SyncConfig
 
 RECORD_KEY = "_dr_exp_record.json"
@@ -424,6 +425,7 @@ class SyncHandler:
         prefix = self.run_prefix(job_id)
         run = self.store.run_dir(job_id).root
         count = 0
+        pulled_record = False
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.config.bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
@@ -434,6 +436,7 @@ class SyncHandler:
                         dest = Path(self.store.layout.record(job_id))
                         if dest.exists():
                             continue
+                        pulled_record = True
                     else:
                         dest = run / rel
                     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -445,4 +448,8 @@ class SyncHandler:
             raise translate(exc, self.config) from None
         if count == 0:
             raise SyncError(f"nothing under s3://{self.config.bucket}/{prefix}; check the job id and --experiment")
+        if pulled_record:
+            # A record that arrives from the bucket is a new job here: listings find jobs
+            # through the summary, so it gets its line there like any record the store writes.
+            self.store.summary.append([summary_line(self.store.read_record(job_id))])
         return count
