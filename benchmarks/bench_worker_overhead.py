@@ -28,10 +28,13 @@ def worker_overhead(base: Path, jobs: int, preload: str) -> dict:
            "--idle-timeout", "0"] + (["--preload", preload] if preload else [])
     subprocess.run(cmd, check=True)
     total, to_trainer = [], []
+    runs = []
     for rec in exp.list():
         claimed = next(h["at"] for h in rec.history if h["to"] == "running")
         done = next(h["at"] for h in rec.history if h["to"] == "completed")
-        started = next(e["time"] for e in read_jsonl(Path(rec.storage_path) / "events.jsonl") if e["event"] == "started")
+        started = next(e["time"] for e in read_jsonl(exp.run_dir(rec).events) if e["event"] == "started")
+        runs.append((claimed, done, started))
+    for claimed, done, started in sorted(runs):  # in the order the worker ran them
         total.append((done - claimed) * 1000)
         to_trainer.append((started - claimed) * 1000)
     steady = total[1:]  # the first job also starts the fork server
