@@ -169,9 +169,11 @@ class ExperimentStore:
         read again a few times first (``settle``; briefly when ``quick``), and only then raises
         :class:`CorruptRecord`."""
         path = self.layout.record(job_id)
-        pauses = (self._pauses[:2] if quick else self._pauses) if settle else ()
+        pauses = self._pauses if settle else ()
+        brief = 2 if quick else len(pauses)
         reason = ""
-        for pause in (*pauses, None):
+        before = None
+        for tries, pause in enumerate((*pauses, None)):
             try:
                 raw = read_bytes(path)
             except FileNotFoundError:
@@ -186,8 +188,12 @@ class ExperimentStore:
                 if record.id != job_id:
                     raise CorruptRecord(path, f"holds the record of job {record.id}")
                 return record
-            if pause is not None:
-                time.sleep(pause)
+            # A quick read gives up early unless the bytes keep changing: a record rewritten
+            # while it is read (each new version may read back cut short for a moment) is alive.
+            if pause is None or (tries >= brief and raw == before):
+                break
+            before = raw
+            time.sleep(pause)
         raise CorruptRecord(path, reason)
 
     def write_record(self, record: JobRecord, durable: bool = True) -> None:
