@@ -16,6 +16,7 @@ Nothing here prints.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -41,7 +42,7 @@ from dr_exp.layout import MAX_PRIORITY, MIN_PRIORITY, Layout, parse_marker
 from dr_exp.rundir import RunDir
 from dr_exp.state import FINISHED, Ending, Status, next_after, transition
 from dr_exp.store import NO_SPACE, ExperimentStore, storage_error
-from dr_exp.summary import Summary, SummaryDamaged, gpus_of, raw_status, summary_line
+from dr_exp.summary import Summary, SummaryDamaged, block_lines, count_statuses, summary_line
 
 DEFAULT_BASE_PATH = "./dr_exp_runs"
 DEFAULT_EXPERIMENT = "default"
@@ -300,12 +301,8 @@ class Experiment:
         raw: dict[bytes, int] = {}
         by_gpus: dict[int, int] = {}
         seen: list[str] = []
-        for line in self._summary_lines(seen):
-            status = raw_status(line)
-            raw[status] = raw.get(status, 0) + 1
-            if status == b"pending":
-                gpus = gpus_of(line)
-                by_gpus[gpus] = by_gpus.get(gpus, 0) + 1
+        for block in self._summary_blocks(seen):
+            count_statuses(block, raw, by_gpus)
         counts = {s.value: 0 for s in Status}
         if any("the summary lists" in p for p in seen):
             by_gpus.clear()
@@ -359,31 +356,43 @@ class Experiment:
     def summary_lines(self, status: str | Iterable[str] | None = None,
                       problems: list[str] | None = None) -> Iterator[bytes]:
         """The summary's lines (JSON, one job each), filtered by status without parsing them."""
-        statuses = parse_statuses(status)
-        yield from self._summary_lines(problems, {s.encode() for s in statuses} if statuses else None)
+        for block in self.summary_blocks(status, problems):
+            yield from block_lines(block)
 
-    def _summary_lines(self, problems: list[str] | None, statuses: set[bytes] | None = None) -> Iterator[bytes]:
+    def summary_blocks(self, status: str | Iterable[str] | None = None,
+                       problems: list[str] | None = None) -> Iterator[bytes]:
+        """:meth:`summary_lines` in blocks of whole lines (a few MiB each), for callers that
+        search whole blocks instead of looking at every line."""
+        statuses = parse_statuses(status)
+        wanted = {s.encode() for s in statuses} if statuses else None
+        for block in self._summary_blocks(problems):
+            if wanted is not None:
+                block = b"".join(block_lines(block, wanted))
+            if block:
+                yield block
+
+    def _summary_blocks(self, problems: list[str] | None) -> Iterator[bytes]:
         if not self.store.exists():
             return
         summary = Summary(self.layout)
-        lines = summary.lines(statuses) if summary.exists() else None
+        blocks = summary.blocks() if summary.exists() else None
         try:
-            first = next(lines) if lines is not None else None
+            first = next(blocks) if blocks is not None else None
         except StopIteration:
             first = None
         except SummaryDamaged as exc:
             if problems is not None:
                 problems.append(f"the job summary cannot be trusted ({exc}); read the records instead "
                                 "(a worker rebuilds it, or `dr_exp validate --rebuild-index`)")
-            lines = None
-        if lines is None:  # no summary (an experiment from before summaries), or a damaged one
-            for rec in self.store.iter_records(problems):
-                if statuses is None or rec.status.encode() in statuses:
-                    yield summary_line(rec)
+            blocks = None
+        if blocks is None:  # no summary (an experiment from before summaries), or a damaged one
+            records = iter(self.store.iter_records(problems))
+            while chunk := b"".join(summary_line(rec) for rec in itertools.islice(records, 4096)):
+                yield chunk
             return
         if first is not None:
             yield first
-        yield from lines
+        yield from blocks
         if problems is not None:
             n = summary.jobs
             on_disk = self.store.count_records()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import os
 import re
@@ -13,7 +15,7 @@ from typing import Any
 from dr_exp.job import JobRecord
 from dr_exp.layout import Layout
 from dr_exp.rundir import RunDir
-from dr_exp.summary import params_of
+from dr_exp.summary import block_lines, params_of
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -64,41 +66,57 @@ def summary_rows(rows: Iterable[dict[str, Any]], metrics: Iterable[str] | None =
                          ",".join(map(str, flags)) if isinstance(flags, list) else (flags or ""))
 
 
-def top_summary_rows(lines: Callable[[], Iterable[bytes]], key: str, reverse: bool, limit: int,
+def top_summary_rows(blocks: Callable[[], Iterable[bytes]], key: str, reverse: bool, limit: int,
                      metrics: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """``results --sort KEY --limit N`` over summary lines (``lines()`` streams them). For a
-    metric, its value is found in each line without parsing the line, and only the top N lines
-    are parsed into result rows: a million jobs cost one pass and a few N rows of memory. Rows
-    without the key come last."""
+    """``results --sort KEY --limit N`` over the summary (``blocks()`` streams its lines in
+    blocks). For a metric, one regex pass over each block finds the value in every line that
+    has it, and only the top N lines are parsed into result rows: a million jobs cost one pass
+    and a few N rows of memory. Rows without the key come last, in summary order."""
     def general() -> list[dict[str, Any]]:
-        return sort_rows(summary_rows((json.loads(line.decode()) for line in lines()), metrics), key, reverse, limit)
+        rows = (json.loads(line.decode()) for block in blocks() for line in block_lines(block))
+        return sort_rows(summary_rows(rows, metrics), key, reverse, limit)
 
     if key.startswith("param:") or key in BUILTIN_COLUMNS:
         return general()
-    metric = key[7:] if key.startswith("metric:") else key
-    pattern = re.compile(rb'"metrics":\{.*?"' + re.escape(metric.encode()) + rb'":(-?[0-9][0-9.eE+-]*|NaN|-?Infinity)')
-    present: list[tuple[Any, int, bytes]] = []
-    missing: list[bytes] = []
-    for i, line in enumerate(lines()):
-        m = pattern.search(line)
-        if m is None:
-            if len(missing) < limit:
-                missing.append(line)
+    metric = re.escape((key[7:] if key.startswith("metric:") else key).encode())
+    # One line per job, whose metrics dict is flat (values are numbers, strings are escaped):
+    # the search starts at the literal '"metrics":{' and reads no further than its closing brace.
+    pattern = re.compile(rb'"metrics":\{[^}\n]*?"' + metric + rb'":(-?[0-9][0-9.eE+-]*|NaN|-?Infinity)')
+    best: list[tuple[Any, int, bytes]] = []
+    seen = 0
+    for block in blocks():
+        values = list(map(float, pattern.findall(block)))
+        if not values:
             continue
-        present.append((float(m.group(1)), i, line))
-        if len(present) > 4 * limit:
-            present = _nbest(present, reverse, limit)
-    if not present:
+        pick = sorted((heapq.nlargest if reverse else heapq.nsmallest)(limit, range(len(values)), key=values.__getitem__))
+        lines: list[tuple[Any, int, bytes]] = []
+        for i, m in enumerate(pattern.finditer(block)):  # the picked lines, and no further
+            if i == pick[len(lines)]:
+                start = block.rfind(b"\n", 0, m.start()) + 1
+                lines.append((values[i], seen + i, block[start:block.index(b"\n", m.start()) + 1]))
+                if len(lines) == len(pick):
+                    break
+        best = _nbest(best + lines, reverse, limit)
+        seen += len(values)
+    if not best:
         return general()  # not a metric of any job: a parameter, perhaps
-    chosen = [line for _, _, line in _nbest(present, reverse, limit)] + missing
-    return list(summary_rows((json.loads(line.decode()) for line in chosen[:limit]), metrics))
+    chosen = [line for _, _, line in best]
+    if len(chosen) < limit:  # rows without the metric fill the rest, in order
+        for block in blocks():
+            chosen += itertools.islice((line for line in block_lines(block) if not pattern.search(line)),
+                                       limit - len(chosen))
+            if len(chosen) >= limit:
+                break
+    return list(summary_rows((json.loads(line.decode()) for line in chosen), metrics))
 
 
-def _nbest(items: list[tuple[Any, int, dict[str, Any]]], reverse: bool, limit: int) -> list[tuple[Any, int, dict[str, Any]]]:
+def _nbest(items: list[tuple[Any, int, Any]], reverse: bool, limit: int) -> list[tuple[Any, int, Any]]:
+    """The first ``limit`` of (value, position, item), given in order of position, sorted by
+    value; ties keep their order in either direction, as :func:`sort_rows` keeps them."""
     try:
-        items.sort(key=lambda t: (t[0], t[1]), reverse=reverse)
+        items.sort(key=lambda t: t[0], reverse=reverse)
     except TypeError:
-        items.sort(key=lambda t: (str(t[0]), t[1]), reverse=reverse)
+        items.sort(key=lambda t: str(t[0]), reverse=reverse)
     return items[:limit]
 
 

@@ -25,6 +25,7 @@ import os
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -37,7 +38,7 @@ SNAPSHOT = "snapshot.jsonl"
 META = "snapshot.json"
 LOG_PREFIX = "log-"
 REMOVED = "removed"
-_REMOVED = b'"status":"removed"'
+_REMOVED = REMOVED.encode()
 # Fold the logs into a new snapshot once their unfolded tails hold this many bytes.
 COMPACT_BYTES = 8 * 1024 * 1024
 IDLE_LOG_SECONDS = 3600.0
@@ -92,14 +93,6 @@ def raw_status(line: bytes) -> bytes:
     """The status of a summary line, without parsing the line."""
     start = line.find(b'"status":"', 51) + 10
     return line[start:line.find(b'"', start)]
-
-
-_GPUS = re.compile(rb'"gpus":(\d+)')
-
-
-def gpus_of(line: bytes) -> int:
-    m = _GPUS.search(line)
-    return int(m.group(1)) if m else 0
 
 
 class SummaryWriter:
@@ -188,17 +181,15 @@ class Summary:
                     newest[job_id] = line
         return newest, ends
 
-    def lines(self, statuses: Collection[bytes] | None = None) -> Iterator[bytes]:
-        """The newest summary line of every job that exists (of those in ``statuses`` when given),
-        streamed; once exhausted, :attr:`jobs` says how many jobs it saw in all. Raises
-        :class:`SummaryDamaged` before yielding anything if the summary cannot be trusted.
-
-        The snapshot is read in blocks of whole lines, and a status filter finds its lines with
-        substring searches over a block: only the lines it yields cost Python work."""
+    def blocks(self) -> Iterator[bytes]:
+        """The newest summary line of every job that exists, streamed in blocks of whole lines
+        (a removed job has no line); once exhausted, :attr:`jobs` says how many jobs it saw in
+        all. Raises :class:`SummaryDamaged` before yielding anything if the summary cannot be
+        trusted. Callers that work on whole blocks (substring and regex searches) spend Python
+        work only on the lines they pick."""
         has_meta = (self.dir / META).exists()
         meta = self._meta()
         tails, _ = self._tails(meta["offsets"])
-        wanted = set(statuses) if statuses is not None else None
         jobs = 0
         try:
             fh = open(self.dir / SNAPSHOT, "rb")  # noqa: SIM115 - streamed below
@@ -210,15 +201,20 @@ class Summary:
             for block in _blocks(fh) if fh is not None else ():
                 if tails:
                     block = _newer_from(block, tails)
-                jobs += block.count(b'\n{"id":"') + block.startswith(b'{"id":"') - block.count(_REMOVED)
-                yield from _block_lines(block, wanted)
-        for line in tails.values():
-            if _REMOVED in line:
-                continue
-            jobs += 1
-            if wanted is None or raw_status(line) in wanted:
-                yield line
+                jobs += block.count(b'\n{"id":"') + block.startswith(b'{"id":"')
+                yield block
+        rest = b"".join(line for line in tails.values() if raw_status(line) != _REMOVED)
+        jobs += rest.count(b"\n")
+        if rest:
+            yield rest
         self.jobs = jobs
+
+    def lines(self, statuses: Collection[bytes] | None = None) -> Iterator[bytes]:
+        """:meth:`blocks` line by line (only the lines of ``statuses`` when given: those are
+        found by substring searches over each block, so only the lines yielded are touched)."""
+        wanted = set(statuses) if statuses is not None else None
+        for block in self.blocks():
+            yield from block_lines(block, wanted)
 
     def rows(self) -> Iterator[dict[str, Any]]:
         for line in self.lines():
@@ -339,19 +335,31 @@ _BLOCK = 1 << 22
 
 
 def _blocks(fh: BinaryIO) -> Iterator[bytes]:
-    """A file in blocks of whole lines (a torn last line, a write in progress, is left out)."""
-    rest = b""
+    """A file in blocks of whole lines (a torn last line, a write in progress, is left out).
+    Each block is read once and copied at most once: a block's cut-off line is read again
+    at the start of the next block."""
     while chunk := fh.read(_BLOCK):
-        block = rest + chunk if rest else chunk
-        cut = block.rfind(b"\n") + 1
-        rest = block[cut:]
-        if cut:
-            yield block[:cut]
+        cut = chunk.rfind(b"\n") + 1
+        if cut == 0:
+            if len(chunk) < _BLOCK:
+                return
+            # One line longer than a block: read whole lines until a newline comes.
+            while (more := fh.read(_BLOCK)) and b"\n" not in more:
+                chunk += more
+            chunk += more
+            cut = chunk.rfind(b"\n") + 1
+            if cut == 0:
+                return
+        if cut < len(chunk):
+            fh.seek(cut - len(chunk), os.SEEK_CUR)
+            chunk = chunk[:cut]
+        yield chunk
 
 
 def _newer_from(block: bytes, tails: dict[str, bytes]) -> bytes:
-    """``block`` with each line replaced by its job's line in ``tails`` where that one is newer;
-    the tails of jobs the block holds are taken out of ``tails``."""
+    """``block`` with each line replaced by its job's line in ``tails`` where that one is newer
+    (and left out where that one says the job was removed); the tails of jobs the block holds
+    are taken out of ``tails``."""
     lines = block.splitlines(keepends=True)
     ids = {job_id.encode() for job_id in tails}
     hits = [i for i, line in enumerate(lines) if line[_ID] in ids and line.startswith(b'{"id":"')]
@@ -360,16 +368,32 @@ def _newer_from(block: bytes, tails: dict[str, bytes]) -> bytes:
         line = lines[i]
         newer = tails.pop(line[_ID].decode(), None)
         if newer is not None and _rev(newer) > _rev(line):
-            lines[i] = newer
+            lines[i] = b"" if raw_status(newer) == _REMOVED else newer
             changed = True
     return b"".join(lines) if changed else block
 
 
-def _block_lines(block: bytes, wanted: set[bytes] | None) -> Iterator[bytes]:
+_HEAD = re.compile(rb'\{"id":"[^"\n]{36}","rev":\d+,"status":"([^"\n]*)"')
+
+
+_PENDING_GPUS = re.compile(rb'\{"id":"[^"\n]{36}","rev":\d+,"status":"pending",[^\n]*?"gpus":(\d+)')
+
+
+def count_statuses(block: bytes, counts: dict[bytes, int], pending_by_gpus: dict[int, int]) -> None:
+    """Add the jobs of a block of summary lines to ``counts`` (per raw status) and its pending
+    jobs to ``pending_by_gpus`` (per GPUs needed), in regex passes over the whole block."""
+    for status, n in Counter(_HEAD.findall(block)).items():
+        counts[status] = counts.get(status, 0) + n
+    if b'"status":"pending"' in block:
+        for gpus, n in Counter(_PENDING_GPUS.findall(block)).items():
+            pending_by_gpus[int(gpus)] = pending_by_gpus.get(int(gpus), 0) + n
+
+
+def block_lines(block: bytes, wanted: set[bytes] | None = None) -> Iterator[bytes]:
     """The job lines of a block (of a status in ``wanted``, when given), in order."""
     if wanted is None:
         for line in block.splitlines(keepends=True):
-            if line.startswith(b'{"id":"') and _REMOVED not in line:
+            if line.startswith(b'{"id":"'):
                 yield line
         return
     found: dict[int, bytes] = {}

@@ -34,7 +34,7 @@ def results(c: Context, status: str | None, sweep_id: str | None, tags: str | No
     found = c.exp.summaries(status=status, sweep_id=sweep_id, tags=tags, problems=problems)
     rows: Iterable[dict]
     if sort_key and limit and not (tags or sweep_id):
-        rows = top_summary_rows(lambda: c.exp.summary_lines(status, problems), sort_key, reverse, limit, wanted)
+        rows = top_summary_rows(lambda: c.exp.summary_blocks(status, problems), sort_key, reverse, limit, wanted)
     elif sort_key and limit:
         rows = sort_rows(summary_rows(found, wanted), sort_key, reverse, limit)
     elif sort_key:
@@ -56,7 +56,7 @@ def results(c: Context, status: str | None, sweep_id: str | None, tags: str | No
             print_table(rows, columns_of(rows), max_width=40)
         else:
             click.echo("no jobs")
-    for p in problems:
+    for p in dict.fromkeys(problems):  # a second pass over the summary may repeat a warning
         click.echo(f"warning: {p}", err=True)
 
 

@@ -8,9 +8,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
+from dr_exp.errors import CorruptRecord
+from dr_exp.results import sort_rows, summary_rows, top_summary_rows
 from dr_exp.state import Ending
 from dr_exp.summary import Summary
 from tests.conftest import NOOP, REPO, cli_env, run_cli
@@ -130,24 +133,45 @@ def test_status_filters_agree_with_the_records_across_blocks_and_tails(exp, monk
     monkeypatch.setattr(summary_module, "_BLOCK", 300)
     exp.sweep(str(EXP_CONFIGS / "noop.yaml"), "+status=failed,completed +i=range(0,15)", max_attempts=1)
     before = {json.loads(line)["id"]: line for line in exp.summary_lines("pending")}  # every job, pending
-    for _ in range(8):
-        exp.complete(exp.claim("w"), {"metrics": {}})
+    for acc in (0.5, 0.7, None, 0.5, 0.9, 0.1, 0.7, 0.5):  # ties, and a job without the metric
+        exp.complete(exp.claim("w"), {"metrics": {} if acc is None else {"acc": acc}})
     for _ in range(4):
         exp.fail(exp.claim("w"), {"type": "E", "message": "m"}, Ending.ERROR)
     summary = Summary(exp.layout)
     assert summary.compact(force=True)
-    for _ in range(3):
-        exp.complete(exp.claim("w"), {"metrics": {}})
+    for acc in (0.7, None, 0.95):
+        exp.complete(exp.claim("w"), {"metrics": {} if acc is None else {"acc": acc}})
     exp.retry(exp.list(status="failed")[0].id)  # failed -> pending: out of one filter, into another
     exp.cancel(exp.list(status="pending")[-1].id)
     done_before_fold = exp.list(status="completed")[0].id
     with open(summary.dir / "log-stale.jsonl", "wb") as fh:  # a late line from a slow writer, older than the snapshot
         fh.write(before[done_before_fold])
 
+    gone = exp.list(status="completed")[1]  # a record that became unreadable and was moved aside
+    Path(exp.layout.record(gone.id)).write_text("{garbled")
+    os.utime(exp.layout.record(gone.id), (time.time() - 3600, time.time() - 3600))
+    assert exp.store.quarantine_if_corrupt(CorruptRecord(Path(exp.layout.record(gone.id)), "garbled"))
+
     for statuses in (None, "pending", "failed", "completed", "cancelled", "completed,failed", "running"):
         got = [json.loads(line)["id"] for line in exp.summary_lines(statuses)]
         want = {r.id for r in exp.list() if statuses is None or r.status in statuses.split(",")}
         assert len(got) == len(set(got)) and set(got) == want, statuses
     problems = []
-    assert sum(exp.counts(problems=problems).values()) == 30 and problems == []
+    counts = exp.counts(problems=problems)
+    assert {s: n for s, n in counts.items() if n} == Counter(r.status for r in exp.list()) and problems == []
+    assert sum(counts.values()) == 29 and gone.id not in by_id(exp)
     assert by_id(exp) == truth(exp)
+
+    # `results --sort acc --limit N` finds each line's metric by regex over whole blocks: it
+    # agrees with sorting every row, ties in summary order, rows without the metric last.
+    rows = list(summary_rows(exp.summaries()))
+    assert sorted(r["acc"] for r in rows if "acc" in r) == sorted(
+        (r.result or {}).get("metrics", {})["acc"] for r in exp.list() if "acc" in ((r.result or {}).get("metrics") or {}))
+    for reverse in (False, True):
+        for limit in (1, 2, 3, 9, 40):
+            got = top_summary_rows(lambda: exp.summary_blocks(), "acc", reverse, limit)
+            want = sort_rows(list(rows), "acc", reverse, limit)
+            assert [r["job_id"] for r in got] == [r["job_id"] for r in want], (reverse, limit)
+        got = top_summary_rows(lambda: exp.summary_blocks("completed"), "acc", reverse, 40)
+        assert [r["job_id"] for r in got] == [r["job_id"] for r in sort_rows(
+            [r for r in rows if r["status"] == "completed"], "acc", reverse)]
