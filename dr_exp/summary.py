@@ -373,20 +373,20 @@ def _newer_from(block: bytes, tails: dict[str, bytes]) -> bytes:
     return b"".join(lines) if changed else block
 
 
-_HEAD = re.compile(rb'\{"id":"[^"\n]{36}","rev":\d+,"status":"([^"\n]*)"')
-
-
-_PENDING_GPUS = re.compile(rb'\{"id":"[^"\n]{36}","rev":\d+,"status":"pending",[^\n]*?"gpus":(\d+)')
+# A line's status, and for a pending job the GPUs it needs (the line's own fields: the pattern
+# is anchored where a line starts, and no JSON string value can hold '{"id":"' unescaped).
+_HEAD = re.compile(rb'\{"id":"[^"\n]{36}","rev":\d+,"status":"(?:pending",[^\n]*?"gpus":(\d+)|([^"\n]*)")')
 
 
 def count_statuses(block: bytes, counts: dict[bytes, int], pending_by_gpus: dict[int, int]) -> None:
     """Add the jobs of a block of summary lines to ``counts`` (per raw status) and its pending
-    jobs to ``pending_by_gpus`` (per GPUs needed), in regex passes over the whole block."""
-    for status, n in Counter(_HEAD.findall(block)).items():
-        counts[status] = counts.get(status, 0) + n
-    if b'"status":"pending"' in block:
-        for gpus, n in Counter(_PENDING_GPUS.findall(block)).items():
+    jobs to ``pending_by_gpus`` (per GPUs needed), in one regex pass over the whole block."""
+    for (gpus, status), n in Counter(_HEAD.findall(block)).items():
+        if gpus:
+            counts[b"pending"] = counts.get(b"pending", 0) + n
             pending_by_gpus[int(gpus)] = pending_by_gpus.get(int(gpus), 0) + n
+        else:
+            counts[status] = counts.get(status, 0) + n
 
 
 def block_lines(block: bytes, wanted: set[bytes] | None = None) -> Iterator[bytes]:
