@@ -356,8 +356,10 @@ class Experiment:
     def summary_lines(self, status: str | Iterable[str] | None = None,
                       problems: list[str] | None = None) -> Iterator[bytes]:
         """The summary's lines (JSON, one job each), filtered by status without parsing them."""
-        for block in self.summary_blocks(status, problems):
-            yield from block_lines(block)
+        statuses = parse_statuses(status)
+        wanted = {s.encode() for s in statuses} if statuses else None
+        for block in self._summary_blocks(problems):
+            yield from block_lines(block, wanted)
 
     def summary_blocks(self, status: str | Iterable[str] | None = None,
                        problems: list[str] | None = None) -> Iterator[bytes]:

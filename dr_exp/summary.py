@@ -201,7 +201,7 @@ class Summary:
             for block in _blocks(fh) if fh is not None else ():
                 if tails:
                     block = _newer_from(block, tails)
-                jobs += block.count(b'\n{"id":"') + block.startswith(b'{"id":"')
+                jobs += block.count(b"\n")  # every line of the snapshot is a job's
                 yield block
         rest = b"".join(line for line in tails.values() if raw_status(line) != _REMOVED)
         jobs += rest.count(b"\n")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,7 +13,7 @@ import click
 def fmt_time(ts: float | None) -> str:
     if not ts:
         return "-"
-    return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
 def fmt_value(value: Any) -> str:
@@ -28,17 +28,17 @@ def fmt_value(value: Any) -> str:
 
 def print_table(rows: Iterable[dict[str, Any]], columns: list[str], max_width: int = 48) -> None:
     """Columns as wide as their widest cell (at most ``max_width``; longer cells end in "…")."""
-    cells = []
-    widths = [len(c) for c in columns]
-    for row in rows:
-        line = [v if type(v) is str else fmt_value(v) for v in map(row.get, columns)]
-        for i, cell in enumerate(line):
-            if len(cell) > widths[i]:
-                if len(cell) > max_width:
-                    line[i] = cell = cell[: max_width - 1] + "…"
-                widths[i] = len(cell)
-        cells.append(line)
-    widths = [min(w, max_width) for w in widths]
+    cells = [[v if type(v) is str else fmt_value(v) for v in map(row.get, columns)] for row in rows]
+    widths = []
+    by_column = list(zip(*cells, strict=True)) or [()] * len(columns)  # len() over a whole column runs in C
+    for i, column in enumerate(columns):
+        width = max(len(column), max(map(len, by_column[i]), default=0))
+        if width > max_width:
+            for line in cells:
+                if len(line[i]) > max_width:
+                    line[i] = line[i][: max_width - 1] + "…"
+            width = max_width
+        widths.append(width)
     template = "  ".join(f"{{:<{w}.{w}}}" for w in widths)
     out = click.get_text_stream("stdout")
     out.write(template.format(*columns).rstrip() + "\n" + template.format(*("-" * w for w in widths)).rstrip() + "\n")
