@@ -468,7 +468,7 @@ def record_attempt(run: RunDir, job_id: str, worker_id: str, attempt: int, confi
 
 def read_run(run: RunDir) -> dict[str, Any] | None:
     try:
-        data = json.loads(run.provenance.read_text())
+        data = json.loads(run.read(run.provenance))  # on disk, or in the run's archive once packed
         return data if isinstance(data, dict) else None
     except (OSError, ValueError):
         return None
@@ -509,5 +509,6 @@ def describe(provenance: dict[str, Any] | None, run: RunDir) -> list[tuple[str, 
             lines.append(("ran on", f"{a.get('host')} (attempt {a.get('attempt')}): {gpu}"
                                     + (f", driver {a['driver']}" if a.get("driver") else "")
                                     + f", Python {a.get('python', {}).get('version')}" + (f", {build}" if build else "")))
-        lines.append(("provenance", str(run.provenance)))
+        where = str(run.provenance) if run.provenance.exists() else f"{run.packed} ({run.relative(run.provenance)} inside)"
+        lines.append(("provenance", where))
     return lines

@@ -90,6 +90,21 @@ class LeaseInfo:
         return float(value) if type(value) in (int, float) and value > 0 else default
 
 
+# The fields a lease holds and their types (see ExperimentStore._write_lease); a field of another
+# type makes the lease malformed: judged by its mtime alone, and reported by `validate`.
+_LEASE_FIELDS: dict[str, tuple[type, ...]] = {
+    "job_id": (str,), "attempt": (int,), "worker_id": (str, type(None)), "host": (str,), "pid": (int,),
+    "lease_seconds": (int, float), "created_at": (int, float)}
+
+
+def _lease_shape_ok(content: dict[str, Any]) -> bool:
+    for key, types in _LEASE_FIELDS.items():
+        value = content.get(key)
+        if key in content and (type(value) not in types or (key == "lease_seconds" and not value > 0)):
+            return False
+    return True
+
+
 class ExperimentStore:
     """The files of one experiment directory (see :class:`dr_exp.layout.Layout`)."""
 
@@ -627,7 +642,7 @@ class ExperimentStore:
                 content = None
         finally:
             os.close(fd)
-        if not isinstance(content, dict):
+        if not isinstance(content, dict) or not _lease_shape_ok(content):
             content = None
         return LeaseInfo(job_id, number, path, mtime, content)
 

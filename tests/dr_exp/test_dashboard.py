@@ -236,6 +236,38 @@ def test_cancel_button_through_the_printed_url(site, browser):  # noqa: F811
         stop(proc)
 
 
+def test_the_browser_meets_the_token_the_action_and_dotdot_refusals(site, browser):  # noqa: F811
+    (site.root / "secret.txt").write_text("TOPSECRET")
+    exp = Experiment(site.base, "guarded")
+    job_id = exp.submit_configs([{"_target_": CURVE_TARGET, "seed": 3}]).submitted[0].id
+    proc, url, lines = start_dashboard(site.base, "--host", "0.0.0.0", "--allow-actions")
+    try:
+        token = token_of(lines)
+        base = f"http://{non_loopback_address() or '127.0.0.1'}:{urlsplit(url).port}/"
+        page = page_of(browser)
+        response = page.goto(base)  # off loopback without the token: not even the page
+        assert response.status == 401 and "needs its token" in page.content()
+        page.goto(f"{base}?token={token}#/x/guarded/job/{job_id}")
+        page.wait_for_selector("#act-cancel")
+        post = """async ([path, headers]) => (await fetch(path, {method: 'POST', credentials: 'omit', body: '{}',
+                   headers: {'Content-Type': 'application/json', ...headers}})).status"""
+        cancel = f"/api/experiments/guarded/jobs/{job_id}/cancel"
+        assert page.evaluate(post, [cancel, {}]) in (401, 403)  # an action without the token
+        assert page.evaluate(post, [cancel, {"Authorization": "Bearer wrong"}]) in (401, 403)
+        assert exp.get(job_id).status == "pending"
+        get = "async path => { const r = await fetch(path); return [r.status, await r.text()]; }"
+        for path in ("/static/..%2f..%2f..%2fsecret.txt", "/api/experiments/..%2f..%2fsecret.txt/jobs",
+                     f"/api/experiments/guarded/jobs/{job_id}%2f..%2f..%2f..%2fsecret.txt/log", "/static/%2e%2e%2fapp.js"):
+            status, body = page.evaluate(get, path)
+            assert status in (400, 404) and "TOPSECRET" not in body, (path, status, body[:200])
+        page.click("#act-cancel")  # the page's own button carries the token
+        page.wait_for_selector(".jobhead .badge.st-cancelled", timeout=15000)
+        assert exp.get(job_id).status == "cancelled"
+        page.close()
+    finally:
+        stop(proc)
+
+
 def raw_request(url: str, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict]:
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)

@@ -88,8 +88,9 @@ def test_bad_files_never_stop_commands_or_workers_and_validate_fixes_them(base, 
     assert "garbage.json: not a lease file name" in report.stdout
     assert "not-a-marker: not a queue marker name" in report.stdout
     assert f"{stray_dir.name}: not a plain file" in report.stdout and f"{stray_link.name}: not a plain file" in report.stdout
-    assert f"{attempts[0].lease_path}: unreadable or malformed lease" not in report.stdout  # it is well-formed JSON
+    assert f"{attempts[0].lease_path}: unreadable or malformed lease" in report.stdout  # lease_seconds of the wrong type
     assert f"{attempts[1].lease_path}: unreadable or malformed lease" in report.stdout
+    assert f"{attempts[2].lease_path}: unreadable or malformed lease" in report.stdout  # a directory
     recovered = run_cli("job", "recover", base=base, **FAST_SETTLE)
     assert recovered.returncode == 0 and "recovered 3 jobs" in recovered.stdout, recovered.stdout + recovered.stderr
 
