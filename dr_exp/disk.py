@@ -8,7 +8,7 @@ holds a dozen small files until `dr_exp pack` puts them into one archive per run
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from dr_exp.api import Experiment
@@ -27,12 +27,14 @@ class Usage:
     bytes: int = 0
 
 
-def _walk(path: str, usage: Usage) -> None:
+def _walk(path: str, usage: Usage, skip: Collection[str] = ()) -> None:
     try:
         entries = list(os.scandir(path))
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         return
     for entry in entries:
+        if entry.name in skip:
+            continue
         try:
             if entry.is_dir(follow_symlinks=False):
                 usage.dirs += 1
@@ -55,14 +57,7 @@ def usage(exp: Experiment) -> list[Usage]:
         if u.files or u.dirs:
             out.append(u)
     other = Usage("other")
-    for entry in os.scandir(exp.store.root):
-        if entry.name not in known:
-            if entry.is_dir(follow_symlinks=False):
-                other.dirs += 1
-                _walk(entry.path, other)
-            else:
-                other.files += 1
-                other.bytes += entry.stat(follow_symlinks=False).st_size
+    _walk(str(exp.store.root), other, skip=known)
     if other.files or other.dirs:
         out.append(other)
     return out

@@ -146,16 +146,20 @@ def current_rank() -> int:
         return 0
 
 
+def killed_by(code: int) -> str:
+    """``killed by SIGKILL (out of memory?)`` for a process that a signal ended (``code`` < 0)."""
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
+
+
 def _describe(rank: int, world_size: int, code: int, report: dict[str, Any] | None) -> dict[str, Any]:
     """How a rank ended, as the job's failure outcome."""
     who = f"rank {rank} of {world_size}"
     if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
-        return {"status": "failed", "type": "RankDied", "message": f"{who} killed by {name}{hint}", "rank": rank,
+        return {"status": "failed", "type": "RankDied", "message": f"{who} {killed_by(code)}", "rank": rank,
                 "fatal": False}
     if report:
         return {"status": "failed", "type": report.get("type") or "RankFailed", "rank": rank,

@@ -34,7 +34,10 @@ def flags_text(rec: JobRecord) -> str:
     return ",".join(str(f) for f in flags) if isinstance(flags, list) else ""
 
 
-def _coerce(value: str) -> Any:
+def coerce(value: Any) -> Any:
+    """A parameter's text as the number it spells, if it spells one."""
+    if not isinstance(value, str):
+        return value
     for cast in (int, float):
         try:
             return cast(value)
@@ -124,7 +127,7 @@ def result_row(params: dict[str, str], metrics: Any, status: str, duration: floa
                wanted: list[str] | None = None, flags: str = "") -> dict[str, Any]:
     row: dict[str, Any] = {}
     for key, value in params.items():
-        row[f"param:{key}" if key in BUILTIN_COLUMNS else key] = _coerce(value)
+        row[f"param:{key}" if key in BUILTIN_COLUMNS else key] = coerce(value)
     flat: dict[str, Any] = {}
     _flatten("", metrics if isinstance(metrics, dict) else {}, flat)
     for key, value in flat.items():

@@ -35,6 +35,7 @@ from dr_exp.gpus import visible_gpus
 from dr_exp.job import Attempt
 from dr_exp.logging.files import attach_log_file
 from dr_exp.logging.structured_logger import StructuredLogger
+from dr_exp.ranks import killed_by
 from dr_exp.rundir import RunDir
 from dr_exp.runner import child_main
 from dr_exp.state import Ending
@@ -548,12 +549,7 @@ def _describe_exit(code: int | None) -> str:
     if code is None:
         return "child process did not exit"
     if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
-        return f"child process killed by {name}{hint}"
+        return f"child process {killed_by(code)}"
     return f"child process exited with status {code} without reporting a result"
 
 

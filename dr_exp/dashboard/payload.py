@@ -19,7 +19,7 @@ from dr_exp.dashboard.data import ROW_KEYS, ExperimentReader, Reader
 from dr_exp.errors import ViewError
 from dr_exp.job import JobRecord
 from dr_exp.progress import measure
-from dr_exp.results import params_of
+from dr_exp.results import coerce, params_of
 from dr_exp.state import Status
 
 # Columns of every job row, before its parameters and metrics.
@@ -32,17 +32,6 @@ SCAN_MAX_AGE = 1.0
 GROUP_BY = ("epoch", "job")
 STATES = frozenset(s.value for s in Status)
 
-
-def coerce(value: Any) -> Any:
-    """A parameter's text as the number it spells, if it spells one."""
-    if not isinstance(value, str):
-        return value
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
 
 
 def flatten(value: Any, prefix: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -110,6 +110,27 @@ def test_bad_imagefolder_is_a_one_line_error_here_and_at_submit(tmp_path, layout
     assert check_data(cfg) == ([] if layout is None else [text])  # a path missing here may exist on the node
 
 
+@pytest.mark.parametrize("layout", [{"train/cat": 0, "train/dog": 0}, {"train/cat": 3, "val/cat": 1}],
+                         ids=["no images", "one class"])
+def test_job_submit_refuses_a_bad_imagefolder_and_writes_nothing(tmp_path, layout):
+    from PIL import Image
+
+    from tests.conftest import run_cli
+
+    root = tmp_path / "data"
+    for folder, count in layout.items():
+        (root / folder).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (4, 4)).save(root / folder / f"{i}.png")
+    base = tmp_path / "runs"
+    base.mkdir()
+    proc = run_cli("job", "submit", "--config-path", "exp_configs", "--config-name", "quickstart",
+                   "--overrides", f"data.dataset=imagefolder data.data_dir={root}", base=base)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert str(root) in proc.stderr and ("no images" in proc.stderr or "one class" in proc.stderr), proc.stderr
+    assert not any(base.rglob("*.json")), sorted(base.rglob("*"))
+
+
 def test_cifar_missing_and_download_hint(tmp_path):
     from decon_cnn.config_checks import check_data
 
