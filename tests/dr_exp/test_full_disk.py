@@ -93,3 +93,25 @@ def test_full_disk(disk):
     assert len(records) == 5 and {r.status for r in records} == {"completed"}, [(r.id, r.status) for r in records]
     for r in records:
         assert [e["event"] for e in read_jsonl(exp.run_dir(r).events)].count("completed") == 1
+
+
+def test_read_only_storage_is_one_line_and_loses_nothing(disk):
+    """The guide's troubleshooting case 4 (storage permission errors), on storage that refuses
+    every write: submit and worker each say so in one line (exit 2) and the queued job waits,
+    untouched, until the storage is writable again. Root ignores file modes, so a read-only
+    mount stands in for a directory without write permission."""
+    base = disk / "runs"
+    exp = Experiment(base, "exp")
+    args = ("--config-path", "exp_configs", "--config-name", "noop")
+    job = run_cli("job", "submit", *args, "--overrides", "+n=1", base=base).stdout.strip()
+    before = snapshot(base)
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    try:
+        one_line_exit_2(run_cli("job", "submit", *args, "--overrides", "+n=2", base=base), "is not writable")
+        one_line_exit_2(run_cli("system", "worker", "--idle-timeout", "0", base=base), "is not writable")
+        assert snapshot(base) == before
+        assert run_cli("status", base=base).returncode == 0 and exp.get(job).status == "pending"
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+    assert run_cli("system", "worker", "--idle-timeout", "0", base=base).returncode == 0
+    assert [(r.id, r.status, r.attempts) for r in exp.list()] == [(job, "completed", 1)]

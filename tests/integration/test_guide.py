@@ -141,6 +141,8 @@ def test_config_composition_example_and_troubleshooting(project, tmp_path):
     one_line_error(guide_cli(project, *args, "--config-name", "missing"), "does not import")
     (project / "exp_configs" / "positional.yaml").write_text("_target_: my_trainers.train_positional\n")
     one_line_error(guide_cli(project, *args, "--config-name", "positional"), "fits neither trainer form")
+    # Case 4 (storage permission errors) needs storage that refuses writes even to root: a
+    # read-only mount, in tests/dr_exp/test_full_disk.py::test_read_only_storage_is_one_line_and_loses_nothing.
 
 
 def test_environment_lookups_resolve_on_the_node(base, exp):
