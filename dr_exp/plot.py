@@ -287,3 +287,48 @@ def param_plot(er: ExperimentReader, x: str, y: str, out: str | os.PathLike[str]
     ax.legend(fontsize=8, frameon=False)
     _save(fig, path)
     return Plotted(path, len(points), len(records))
+
+
+def study_plot(er: ExperimentReader, name: str, out: str | os.PathLike[str] | None = None,
+               title: str | None = None) -> Plotted:
+    """An adaptive sweep's study: the objective of each trial against its number (complete
+    trials as dots, pruned ones as crosses at their last reported value), the best so far, and
+    Optuna's parameter importances beside it once there are enough complete trials."""
+    from dr_exp.study import load_study
+
+    view = load_study(er.exp, name)
+    path = check_out(out or f"study-{view.name}.png")
+    spec, importances = view.spec, view.importances()
+    _matplotlib()
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12 if importances else 8, 5), dpi=120, layout="constrained")
+    ax = fig.add_subplot(1, 2, 1) if importances else fig.add_subplot()
+    ax.grid(True, color="#e5e7eb", linewidth=0.8)
+    ax.set_axisbelow(True)
+    done = [t for t in view.trials if t.state == "complete" and t.value is not None and math.isfinite(t.value)]
+    pruned = [t for t in view.trials if t.state == "pruned" and t.intermediate]
+    if not done and not pruned:
+        raise ViewError(f"study {view.name} has no complete or pruned trial yet; `dr_exp study show {view.name}`")
+    better = max if spec.mode == "max" else min
+    best: list[float] = []
+    for t in done:
+        best.append(t.value if not best else better(best[-1], t.value))
+    ax.scatter([t.number for t in done], [t.value for t in done], s=28, color="#1f77b4", label="complete", zorder=2)
+    if pruned:
+        ax.scatter([t.number for t in pruned], [list(t.intermediate.values())[-1] for t in pruned], marker="x", s=28,
+                   color="#a16207", label="pruned (last reported)", zorder=2)
+    if done:
+        ax.step([t.number for t in done], best, where="post", color="#dc2626", linewidth=1.8, label=f"best ({spec.mode})")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(spec.metric)
+    ax.set_title(title or f"study {view.name} · {spec.sampler}, pruner {spec.pruner} · {er.name}", fontsize=11)
+    ax.legend(fontsize=8, frameon=False)
+    if importances:
+        side = fig.add_subplot(1, 2, 2)
+        names = list(importances)[::-1]
+        side.barh(names, [importances[k] for k in names], color="#16a34a")
+        side.set_xlabel("importance (Optuna, fANOVA)")
+        side.set_title("parameter importances", fontsize=11)
+    _save(fig, path)
+    return Plotted(path, len(done) + len(pruned), len(view.trials))

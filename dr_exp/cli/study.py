@@ -53,7 +53,7 @@ def show(c: Context, name: str, fmt: str) -> None:
 
     view = load_study(c.exp, name)
     if fmt == "json":
-        print_json({**view.to_dict(), "importances": view.importances()})
+        print_json(view.to_dict())
         return
     spec = view.spec
     lines = [f"study      {view.name} (sweep {spec.sweep_id}){'  finished' if view.finished else ''}",

@@ -49,15 +49,24 @@ def _split(text: str | None) -> list[str]:
 @click.option("--average-over", default=None,
               help="Comma-separated parameters (e.g. seed): a band per group of all the other parameters.")
 @select_options
+@click.option("--study", "study", default=None,
+              help="Plot an adaptive sweep's study: each trial's value, the best so far, importances.")
 @click.option("--out", default=None, help="File to write: .png, .svg or .pdf (default: METRIC.png here).")
 @click.option("--title", default=None)
 @pass_ctx
 def plot(c: Context, metric: str | None, x_param: str | None, y_metric: str | None, value: str,
          group_by: str | None, average_over: str | None, sweep: str | None, tags: str | None,
-         status: str | None, out: str | None, title: str | None) -> None:
-    """Plot METRIC per epoch (a line per job), or with --x PARAM --y METRIC one value per job."""
-    from dr_exp.plot import curve_plot, param_plot
+         status: str | None, study: str | None, out: str | None, title: str | None) -> None:
+    """Plot METRIC per epoch (a line per job), or with --x PARAM --y METRIC one value per job,
+    or with --study NAME the trials of a study."""
+    from dr_exp.plot import curve_plot, param_plot, study_plot
 
+    if study:
+        if metric or x_param or y_metric:
+            raise ViewError("--study plots the study's own metric; give no METRIC, --x or --y with it")
+        done = study_plot(_reader(c), study, out, title=title)
+        click.echo(f"wrote {done.path}: {done.lines} of {done.jobs} trials of study {study}")
+        return
     if x_param or y_metric:
         if not (x_param and (y_metric or metric)):
             raise ViewError("--x PARAM and --y METRIC go together, e.g. dr_exp plot --x optimizer.lr --y val/acc")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dr_exp.dashboard.data import ROW_KEYS, ExperimentReader, Reader
-from dr_exp.errors import ViewError
+from dr_exp.errors import DrExpError, ViewError
 from dr_exp.job import JobRecord
 from dr_exp.progress import measure
 from dr_exp.results import coerce, params_of
@@ -144,8 +144,11 @@ class Views:
             if rec.sweep_id is not None:
                 s = sweeps.get(rec.sweep_id)
                 if s is None:
-                    s = sweeps[rec.sweep_id] = {"id": rec.sweep_id, "jobs": 0, "params": {}, "created_at": rec.created_at}
+                    s = sweeps[rec.sweep_id] = {"id": rec.sweep_id, "jobs": 0, "params": {}, "studies": {},
+                                                "created_at": rec.created_at}
                 s["jobs"] += 1
+                if rec.study:
+                    s["studies"][rec.study["name"]] = None
                 s["params"].update(dict.fromkeys(rec.sweep_params))
                 s["created_at"] = min(s["created_at"], rec.created_at)
         progress = measure(scan.records).to_dict()
@@ -153,7 +156,8 @@ class Views:
             "experiment": name, "columns": columns, "rows": rows, "total": len(scan.records),
             "counts": {k: progress[k] for k in ("pending", "running", "completed", "failed", "cancelled", "total")},
             "progress": progress, "problems": scan.problems[:20],
-            "sweeps": sorted(({**s, "params": list(s["params"])} for s in sweeps.values()), key=lambda s: -s["created_at"]),
+            "sweeps": sorted(({**s, "params": list(s["params"]), "studies": sorted(s["studies"])} for s in sweeps.values()),
+                             key=lambda s: -s["created_at"]),
         }
         self._tables[key[0:1] + key[2:5]] = (key, payload, encoded)
         self._sizes[name] = len(scan.records)
@@ -226,6 +230,16 @@ class Views:
         rec = er.record(job_id)
         log = er.metrics(rec)
         return (name, job_id, log.ino, log.version), {"job_id": job_id, **series_of(log.rows)}
+
+    def study(self, name: str, study: str) -> dict[str, Any]:
+        """One study of an adaptive sweep, as ``dr_exp study show --format json`` prints it."""
+        from dr_exp.study import load_study
+
+        er = self.experiment(name)
+        try:
+            return {"experiment": name, **load_study(er.exp, study).to_dict()}
+        except DrExpError as exc:  # no such study, Optuna not installed, a journal cut short
+            raise ViewError(str(exc)) from None
 
     def log(self, name: str, job_id: str, offset: int | None) -> dict[str, Any]:
         er = self.experiment(name)

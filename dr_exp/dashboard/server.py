@@ -292,6 +292,8 @@ class Handler(BaseHTTPRequestHandler):
             self._cached_json(key, lambda: views.table_json(rest[1], **filters)[1])
         elif len(rest) == 4 and rest[0] == "experiments" and rest[2] == "jobs":
             self._json(200, views.job(rest[1], rest[3]), extra)
+        elif len(rest) == 4 and rest[0] == "experiments" and rest[2] == "studies":
+            self._json(200, views.study(rest[1], rest[3]), extra)
         elif len(rest) == 5 and rest[0] == "experiments" and rest[2] == "jobs" and rest[4] == "curves":
             key, data = views.curves(rest[1], rest[3])
             self._cached_json(key, lambda: data)

@@ -74,9 +74,11 @@ class StudyView:
             return None
 
     def to_dict(self) -> dict[str, Any]:
+        """Everything ``study show`` shows, as JSON (``study show --format json``, the dashboard)."""
         best = self.best
         return {"name": self.name, "settings": asdict(self.spec), "counts": self.counts(),
-                "best": asdict(best) if best else None, "trials": [asdict(t) for t in self.trials]}
+                "best": asdict(best) if best else None, "importances": self.importances(),
+                "trials": [asdict(t) for t in self.trials]}
 
 
 def resolve_study(exp: Experiment, name: str) -> str:

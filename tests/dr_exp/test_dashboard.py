@@ -348,6 +348,44 @@ def test_sweep_and_compare_pages(site, served, browser):  # noqa: F811
     page.close()
 
 
+def test_study_page_api_and_links(site, served, browser):  # noqa: F811
+    """An adaptive sweep's study through the dashboard: the same JSON as `study show --format
+    json`, a page with the best trial, every trial, the history chart and the importances, and
+    links to it from the sweep page and from each trial's job page."""
+    swept = run_cli("job", "sweep", "--config", "exp_configs/synthetic.yaml", "--search",
+                    "lr=tag(log,interval(1e-4,1e-1)) weight_decay=interval(0,1e-3)", "--trials", "6", "--parallel", "2",
+                    "--metric", "val/acc", "--mode", "max", "--seed", "3", "--overrides", "epochs=3",
+                    base=site.base, experiment="searched")
+    assert swept.returncode == 0, swept.stderr
+    assert run_cli("system", "worker", "--idle-timeout", "0", base=site.base, experiment="searched").returncode == 0
+    [name] = [s["name"] for s in json.loads(run_cli("study", "list", "--format", "json", base=site.base,
+                                                    experiment="searched").stdout)]
+    shown = json.loads(run_cli("study", "show", name, "--format", "json", base=site.base, experiment="searched").stdout)
+    status, body, _ = fetch("GET", f"{served}api/experiments/searched/studies/{name}")
+    assert status == 200 and {**body, "experiment": None} == {**shown, "experiment": None}
+    assert body["counts"]["complete"] == 6 and body["importances"] and body["best"]["job_id"]
+    status, err, _ = fetch("GET", f"{served}api/experiments/searched/studies/nope")
+    assert status == 404 and "no study 'nope'" in err["error"]
+
+    page = page_of(browser, 1400, 1000)
+    page.goto(f"{served}#/x/searched/study/{name}")
+    page.wait_for_selector("#study-trials .trialrow")
+    assert len(page.query_selector_all("#study-trials .trialrow[data-state=complete]")) == 6
+    best = body["best"]
+    shown_best = page.inner_text("#study-best")
+    assert f"best: trial {best['number']}" in shown_best and best["job_id"][:8] in shown_best
+    assert page.query_selector("#study-history path.series") is not None
+    assert sorted(page.eval_on_selector_all(".importance", "rows => rows.map(r => r.dataset.param)")) == ["lr", "weight_decay"]
+    sweep_id = body["settings"]["sweep_id"]
+    page.goto(f"{served}#/x/searched/sweep/{sweep_id}")
+    page.click(f"text=study {name}")
+    page.wait_for_selector("#study-trials .trialrow")
+    page.goto(f"{served}#/x/searched/job/{best['job_id']}")
+    page.click(f"text=trial {best['number']} of study {name}")
+    page.wait_for_selector("#study-trials .trialrow")
+    page.close()
+
+
 def test_new_results_appear_without_reload(site, served, browser):  # noqa: F811
     exp = Experiment(site.base, "live")
     first = exp.submit_configs([{"_target_": CURVE_TARGET, "lr": 0.2, "epochs": 1}]).submitted[0].id

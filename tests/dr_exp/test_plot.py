@@ -6,6 +6,7 @@ With DR_EXP_SCREENSHOTS=1 the curve plot is also copied to docs/plot.png for the
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -96,6 +97,8 @@ def test_value_per_job_against_a_parameter(site, tmp_path):  # noqa: F811
     (["--x", "lr", "--y", "val/nope"], "no selected job has logged metric 'val/nope'"),
     (["--x", "lr"], "--x PARAM and --y METRIC go together"),
     ([], "say which metric to plot"),
+    (["--study", "nope"], "no study 'nope'"),
+    (["--study", "nope", "val/acc"], "--study plots the study's own metric"),
 ])
 def test_bad_input_is_one_line_and_exit_2(site, tmp_path, args, message):  # noqa: F811
     (tmp_path / "a-file").write_text("")
@@ -105,3 +108,24 @@ def test_bad_input_is_one_line_and_exit_2(site, tmp_path, args, message):  # noq
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "Traceback" not in proc.stderr and message.format(tmp=tmp_path) in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written
+
+
+def test_study_plot_shows_trials_best_so_far_pruned_and_importances(tmp_path):
+    base = tmp_path / "runs"
+    base.mkdir()
+    ok(run_cli("job", "sweep", "--config", "exp_configs/synthetic.yaml", "--search",
+               "lr=tag(log,interval(1e-4,1e-1)) dropout=interval(0,0.5)", "--trials", "12", "--parallel", "2",
+               "--metric", "val/acc", "--mode", "max", "--pruner", "median", "--seed", "1",
+               "--overrides", "epochs=6", base=base))
+    ok(run_cli("system", "worker", "--idle-timeout", "0", base=base))
+    [study] = json.loads(ok(run_cli("study", "list", "--format", "json", base=base)))
+    assert study["counts"]["complete"] >= 4 and study["counts"]["pruned"] >= 1, study  # both kinds of point
+    out = tmp_path / "study.png"
+    said = ok(run_cli("plot", "--study", study["name"], "--out", str(out), base=base))
+    assert said.strip() == f"wrote {out}: 12 of 12 trials of study {study['name']}"
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.width >= 1200  # two panels: trials and importances
+    counts = colour_counts(out)
+    for colour, what in (("#1f77b4", "complete trials"), ("#a16207", "pruned trials"), ("#dc2626", "best so far"),
+                         ("#16a34a", "importance bars")):
+        assert counts.get(rgb(colour), 0) >= 20, what

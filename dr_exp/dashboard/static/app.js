@@ -94,6 +94,7 @@
       job: (exp, id) => get(job(exp, id)),
       curves: (exp, id) => get(`${job(exp, id)}/curves`),
       log: (exp, id, offset) => get(`${job(exp, id)}/log` + (offset === null || offset === undefined ? '' : `?offset=${offset}`)),
+      study: (exp, name) => get(`api/experiments/${enc(exp)}/studies/${enc(name)}`),
       async action(exp, id, what, body) {
         const r = await fetch(`${job(exp, id)}/${what}`, {
           method: 'POST', credentials: 'same-origin', cache: 'no-store',
@@ -117,6 +118,7 @@
       job: (exp, id) => b.jobs[id] ? ok(b.jobs[id]) : missing(`job ${id}`),
       curves: (exp, id) => b.curves[id] ? ok(b.curves[id]) : missing(`the curves of job ${id}`),
       log: (exp, id) => ok(b.logs[id] || { text: '', exists: false }),
+      study: (exp, name) => missing(`study ${name}`),
       action: () => Promise.reject(new Error('a report is read-only')),
     };
   }
@@ -163,6 +165,7 @@
       else if (parts[0] === 'x' && parts[2] === 'job' && parts[3]) current = await jobView(parts[1], parts[3]);
       else if (parts[0] === 'x' && parts[2] === 'compare' && parts[3]) current = await compareView(parts[1], parts[3].split(','));
       else if (parts[0] === 'x' && parts[2] === 'sweep' && parts[3]) current = await sweepView(parts[1], parts[3]);
+      else if (parts[0] === 'x' && parts[2] === 'study' && parts[3]) current = await studyView(parts[1], parts[3]);
       else if (BUNDLE) { location.replace(`#/x/${enc(BUNDLE.experiment)}`); return; }
       else current = await experimentsView();
       noteOk();
@@ -439,7 +442,8 @@
       headBox.replaceChildren(h('h1', {}, h('span', { class: `badge st-${r.status}`, text: r.status }), ' ', h('code', { text: r.id })),
         h('div', { class: 'params' }, Object.entries(job.params).map(([k, v]) => h('span', { class: 'param', text: `${k}=${v}` })),
           (r.tags || []).map(t => h('span', { class: 'tag', text: t })),
-          r.sweep_id ? h('a', { class: 'tag', href: `#/x/${enc(exp)}/sweep/${enc(r.sweep_id)}`, text: `sweep ${r.sweep_id}` }) : null));
+          r.sweep_id ? h('a', { class: 'tag', href: `#/x/${enc(exp)}/sweep/${enc(r.sweep_id)}`, text: `sweep ${r.sweep_id}` }) : null,
+          r.study ? h('a', { class: 'tag', href: `#/x/${enc(exp)}/study/${enc(r.study.name)}`, text: `trial ${r.study.trial} of study ${r.study.name}` }) : null));
       const dur = r.started_at ? (r.finished_at || Date.now() / 1000) - r.started_at : null;
       const rows = [['priority', r.priority], ['attempts', `${r.attempts} of ${r.max_attempts}` + (r.preemptions ? ` (${r.preemptions} pre-empted)` : '')],
         ['worker', r.worker_id], ['host', r.host], ['created', fmtTime(r.created_at)], ['started', fmtTime(r.started_at)],
@@ -567,8 +571,9 @@
     const paramCharts = h('div', { class: 'charts', id: 'sweep-params' });
     const best = h('div', { class: 'chart', id: 'best-so-far' });
     const top = h('div');
+    const studies = h('span');
     main.append(h('h1', {}, 'Sweep ', h('code', { text: sid })), summary,
-      h('div', { class: 'bar controls' }, 'metric ', metricSel, dirSel, h('a', { class: 'btn', href: `#/x/${enc(exp)}?sweep=${enc(sid)}`, text: 'jobs of this sweep' })),
+      h('div', { class: 'bar controls' }, 'metric ', metricSel, dirSel, h('a', { class: 'btn', href: `#/x/${enc(exp)}?sweep=${enc(sid)}`, text: 'jobs of this sweep' }), studies),
       h('h2', { text: 'Metric against each parameter' }), paramCharts,
       h('h2', { text: 'Best so far (in order of finishing)' }), h('div', { class: 'charts one' }, best),
       h('h2', { text: 'Best jobs' }), top);
@@ -581,6 +586,7 @@
       table.columns.forEach((c, i) => { idx[c.key] = i; });
       const rows = table.rows.filter(r => r[idx.sweep_id] === sid);
       const info = (table.sweeps || []).find(s => s.id === sid) || { params: [] };
+      studies.replaceChildren(...(info.studies || []).map(n => h('a', { class: 'btn', href: `#/x/${enc(exp)}/study/${enc(n)}`, text: `study ${n}` })));
       const metrics = table.columns.filter(c => c.kind === 'metric' && rows.some(r => typeof r[idx[c.key]] === 'number')).map(c => c.key);
       if (!rows.length) throw new Error(`no sweep ${sid} in experiment ${exp}`);
       if (!metricSel.options.length || [...metricSel.options].map(o => o.value).join() !== metrics.join()) {
@@ -624,6 +630,57 @@
       if (!changed && table) return;
       table = data;
       render();
+    }
+    await refresh();
+    return { refresh };
+  }
+
+  async function studyView(exp, name) {
+    setCrumbs([exp, `#/x/${enc(exp)}`], [`study ${name}`, null]);
+    const summary = h('div', { class: 'muted', id: 'study-summary' });
+    const best = h('div', { id: 'study-best' });
+    const history = h('div', { class: 'chart', id: 'study-history' });
+    const trials = h('div');
+    const importances = h('div', { id: 'study-importances' });
+    main.append(h('h1', {}, 'Study ', h('code', { text: name })), summary, best,
+      h('h2', { text: 'Trials' }), h('div', { class: 'charts one' }, history), trials,
+      h('h2', { text: 'Parameter importances' }), importances);
+
+    function render(s) {
+      const set = s.settings, params = set.space.map(p => p.name);
+      const counts = Object.entries(s.counts).filter(([, n]) => n).map(([k, n]) => `${k} ${n}`).join(' · ');
+      summary.textContent = `${set.mode} ${set.metric} · sampler ${set.sampler} · pruner ${set.pruner} · ` +
+        `${s.trials.length}/${set.trials} trials asked` + (counts ? ` · ${counts}` : '') + ` · sweep ${set.sweep_id}`;
+      const label = t => params.map(k => `${k}=${fmtVal(t.params[k])}`).join(' ');
+      const jobLink = t => t.job_id ? h('a', { href: `#/x/${enc(exp)}/job/${t.job_id}`, text: t.job_id.slice(0, 8) }) : '-';
+      best.replaceChildren(s.best
+        ? h('p', {}, 'best: trial ', h('b', { text: s.best.number }), ` · ${set.metric} ${fmtVal(s.best.value)} · ${label(s.best)} · job `, jobLink(s.best))
+        : h('p', { class: 'muted', text: 'no complete trial yet' }));
+      const done = s.trials.filter(t => t.state === 'complete' && typeof t.value === 'number');
+      const sign = set.mode === 'min' ? -1 : 1;
+      let run = null;
+      const bestSoFar = done.map(t => { run = run === null || sign * t.value > sign * run ? t.value : run; return run; });
+      C.line(history, [{ name: set.metric, xs: done.map(t => t.number), ys: done.map(t => t.value), color: '#bbb', dashed: true },
+        { name: `best ${set.metric}`, xs: done.map(t => t.number), ys: bestSoFar, color: C.color(2) }],
+      { title: `${set.metric} of each complete trial, and the best so far`, xLabel: 'trial', yLabel: set.metric, height: 240, dots: true });
+      trials.replaceChildren(h('table', { class: 'small', id: 'study-trials' },
+        h('tr', {}, ['trial', 'state', set.metric, 'epochs', ...params, 'job'].map(t => h('th', { text: t }))),
+        s.trials.map(t => h('tr', { class: 'trialrow', 'data-state': t.state },
+          h('td', { text: t.number }), h('td', {}, h('span', { class: `badge st-${t.state}`, text: t.state })),
+          h('td', { text: fmtVal(t.value) }), h('td', { text: Object.keys(t.intermediate || {}).length }),
+          params.map(k => h('td', { text: fmtVal(t.params[k]) })), h('td', {}, jobLink(t))))));
+      const ranked = Object.entries(s.importances || {});
+      importances.replaceChildren(ranked.length
+        ? h('table', { class: 'small' }, ranked.map(([k, v]) => h('tr', { class: 'importance', 'data-param': k }, h('td', { text: k }),
+          h('td', {}, h('div', { class: 'impbar', style: `width: ${Math.round(240 * v)}px` })), h('td', { text: v.toFixed(2) }))))
+        : h('p', { class: 'muted', text: 'Optuna computes them once 4 trials are complete' }));
+    }
+    let shown = false;
+    async function refresh() {
+      const { data, changed } = await src.study(exp, name);
+      if (!changed && shown) return;  // a 304 on a page opened again still has to be drawn once
+      render(data);
+      shown = true;
     }
     await refresh();
     return { refresh };
