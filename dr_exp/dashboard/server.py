@@ -242,6 +242,7 @@ class Handler(BaseHTTPRequestHandler):
         self._dispatch(self._post)
 
     def _dispatch(self, method: Callable[[list[str], dict[str, list[str]]], None]) -> None:
+        self._unread = self.command == "POST"
         try:
             segments, query = self._segments()
             method(segments, query)
@@ -259,6 +260,11 @@ class Handler(BaseHTTPRequestHandler):
                 self._json(500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
             except OSError:
                 pass
+        finally:
+            if self._unread:
+                # Answered without reading its body: what is left of the body would be taken for
+                # the next request on this keep-alive connection, so the connection ends here.
+                self.close_connection = True
 
     def _get(self, seg: list[str], query: dict[str, list[str]]) -> None:
         extra = self._check_read(query)
@@ -313,6 +319,7 @@ class Handler(BaseHTTPRequestHandler):
         if length > MAX_BODY:
             raise HttpError(413, "request body too large")
         raw = self.rfile.read(length) if length else b""
+        self._unread = False
         if not raw:
             return {}
         try:

@@ -132,7 +132,7 @@
   const main = document.getElementById('main');
   const crumbs = document.getElementById('crumbs');
   const liveNote = document.getElementById('live');
-  let current = null, timer = null;
+  let current = null, timer = null, routes = 0;
 
   function setCrumbs(...parts) {
     crumbs.replaceChildren(...parts.flatMap(([text, href]) => [h('span', { class: 'sep', text: '/' }),
@@ -152,6 +152,7 @@
   }
 
   async function route() {
+    const mine = ++routes;  // a view still loading when the user moves on must not touch the page
     if (timer) { clearInterval(timer); timer = null; }
     if (current && current.dispose) current.dispose();
     current = null;
@@ -160,19 +161,23 @@
     const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
     const query = new URLSearchParams(qs || '');
     main.replaceChildren();
+    let view = null;
     try {
-      if (parts[0] === 'x' && parts.length === 2) current = await jobsView(parts[1], query);
-      else if (parts[0] === 'x' && parts[2] === 'job' && parts[3]) current = await jobView(parts[1], parts[3]);
-      else if (parts[0] === 'x' && parts[2] === 'compare' && parts[3]) current = await compareView(parts[1], parts[3].split(','));
-      else if (parts[0] === 'x' && parts[2] === 'sweep' && parts[3]) current = await sweepView(parts[1], parts[3]);
-      else if (parts[0] === 'x' && parts[2] === 'study' && parts[3]) current = await studyView(parts[1], parts[3]);
+      if (parts[0] === 'x' && parts.length === 2) view = await jobsView(parts[1], query);
+      else if (parts[0] === 'x' && parts[2] === 'job' && parts[3]) view = await jobView(parts[1], parts[3]);
+      else if (parts[0] === 'x' && parts[2] === 'compare' && parts[3]) view = await compareView(parts[1], parts[3].split(','));
+      else if (parts[0] === 'x' && parts[2] === 'sweep' && parts[3]) view = await sweepView(parts[1], parts[3]);
+      else if (parts[0] === 'x' && parts[2] === 'study' && parts[3]) view = await studyView(parts[1], parts[3]);
       else if (BUNDLE) { location.replace(`#/x/${enc(BUNDLE.experiment)}`); return; }
-      else current = await experimentsView();
+      else view = await experimentsView();
+      if (mine !== routes) return;
       noteOk();
     } catch (err) {
+      if (mine !== routes) return;
       fail(main, err);
       noteErr(err);
     }
+    current = view;
     if (src.live && current && current.refresh) {
       timer = setInterval(async () => {
         if (document.hidden) return;
@@ -424,13 +429,14 @@
     const stepCharts = h('div', { class: 'charts' });
     const stepBox = h('details', { class: 'section' }, h('summary', { text: 'per-step metrics' }), stepCharts);
     const logPre = h('pre', { class: 'log', id: 'log' });
+    const logState = h('span', { class: 'muted small', id: 'logstate' });
     const history = h('div');
     const ckpts = h('div');
     const events = h('div');
     const config = h('pre', { class: 'config' });
     main.append(headBox, actions, facts, errorBox,
       h('h2', { text: 'Curves' }), charts, stepBox,
-      h('h2', { text: 'Log' }, h('span', { class: 'muted small', id: 'logstate' })), logPre,
+      h('h2', { text: 'Log' }, logState), logPre,
       h('div', { class: 'cols2' }, h('div', {}, h('h2', { text: 'History' }), history),
         h('div', {}, h('h2', { text: 'Checkpoints' }), ckpts)),
       h('details', { class: 'section' }, h('summary', { text: 'events' }), events),
@@ -493,7 +499,7 @@
       logOffset = data.offset;
       const finished = !['running', 'pending'].includes(job.record.status);
       logPre.style.display = data.exists ? '' : 'none';
-      document.getElementById('logstate').textContent = !data.exists ? ' (no train.log yet)' : finished ? ' (job finished)' : ' (following)';
+      logState.textContent = !data.exists ? ' (no train.log yet)' : finished ? ' (job finished)' : ' (following)';
       if (atBottom) logPre.scrollTop = logPre.scrollHeight;
       if (finished && !src.live) logDone = true;
     }
