@@ -23,7 +23,6 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from dr_exp import compose as _compose
@@ -134,11 +133,7 @@ class Experiment:
         """Expand ``params`` with Hydra's sweeper semantics, compose every point, then queue all
         of them (or none, if any point or any write fails)."""
         queueing = self._queueing(priority, tags, max_attempts, timeout, max_worker_losses)
-        path = Path(config).expanduser()
-        if path.suffix not in (".yaml", ".yml"):
-            raise DrExpError(f"--config {config!r} should be a .yaml job config, e.g. exp_configs/noop.yaml")
-        if not path.is_file():
-            raise DrExpError(f"config file {config} does not exist; list exp_configs/ for the available ones")
+        path = _compose.sweep_config_file(config, "exp_configs/noop.yaml")
         fixed = _compose.split_overrides(overrides)
         grid, typed = _compose.expand_sweep(params)
         composed = _compose.compose_many(path.parent, path.stem, [fixed + p for p in grid], _compose.sweep_keys(params),

@@ -97,6 +97,17 @@ class TypedOverride:
     mode: str  # "set" (key=v), "add" (+key=v), "force" (++key=v)
 
 
+def sweep_config_file(config: str, example: str) -> Path:
+    """The job config file a sweep names: a ``.yaml`` file that exists (a one-line error if not;
+    ``example`` is a config to suggest)."""
+    path = Path(config).expanduser()
+    if path.suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"--config {config!r} should be a .yaml job config, e.g. {example}")
+    if not path.is_file():
+        raise ConfigError(f"config file {config} does not exist; list exp_configs/ for the available ones")
+    return path
+
+
 def expand_sweep(params: str | Iterable[str]) -> tuple[list[list[str]], dict[str, TypedOverride]]:
     """Expand sweep params into points, exactly as ``hydra -m`` does (cartesian product,
     ``range()``, ``choice()``, quoted strings, lists), and remember how each value override

@@ -17,11 +17,9 @@ import uuid
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dr_exp.compose import compose_many, parse_sweep, split_overrides, sweep_keys
-from dr_exp.errors import DrExpError
+from dr_exp.compose import compose_many, parse_sweep, split_overrides, sweep_config_file, sweep_keys
 from dr_exp.job import DEFAULT_PRIORITY
 from dr_exp.study.algorithms import SAMPLERS, grid_size, make_pruner, make_sampler, parse_choice
 from dr_exp.study.driver import advance
@@ -70,11 +68,7 @@ def sweep(exp: Experiment, config: str, search: str, *, trials: int, metric: str
     if seed is not None and (type(seed) is not int or seed < 0):
         raise StudyError(f"--seed {seed!r} must be an integer >= 0")
     queueing = _Experiment._queueing(priority, tags, max_attempts, timeout, max_worker_losses)
-    path = Path(config).expanduser()
-    if path.suffix not in (".yaml", ".yml"):
-        raise DrExpError(f"--config {config!r} should be a .yaml job config, e.g. exp_configs/synthetic.yaml")
-    if not path.is_file():
-        raise DrExpError(f"config file {config} does not exist; list exp_configs/ for the available ones")
+    path = sweep_config_file(config, "exp_configs/synthetic.yaml")
     space, fixed = parse_search(search)
     base = split_overrides(overrides) + fixed
     points = parse_sweep(params) if params else [[]]
