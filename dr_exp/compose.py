@@ -600,7 +600,7 @@ def plain_config(config: Any, where: str = "config", shared: dict[int, Any] | No
     if not str_keys(config):
         keys(config, "")
     try:
-        return config, canonical_json(config)
+        return config, canonical_json(config, shared)
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: {culprit(config, '') or 'a value'}; configs hold JSON data only "
                           "(str, int, float, bool, None, lists, dicts)") from None

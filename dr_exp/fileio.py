@@ -57,7 +57,7 @@ def write_new_files(items: Iterable[tuple[str, bytes]]) -> list[str]:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             temps.append(tmp)
             try:
-                if os.write(fd, data) != len(data):
+                if data and os.write(fd, data) != len(data):
                     raise OSError(errno.ENOSPC, f"short write to {tmp}")
             finally:
                 os.close(fd)

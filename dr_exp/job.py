@@ -26,11 +26,44 @@ DEFAULT_MAX_WORKER_LOSSES = 10
 RUNTIME_KEYS = frozenset({"resume_from", "timeout", "max_attempts", "resources", "job_id", "worker_id", "storage_path"})
 
 
-def canonical_json(config: dict[str, Any]) -> str:
+def canonical_json(config: dict[str, Any], shared: dict[Any, Any] | None = None) -> str:
     """The config as sorted, compact JSON without runtime keys: what identifies a run. Raises
-    TypeError for a value JSON cannot hold."""
-    payload = {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    TypeError for a value JSON cannot hold.
+
+    ``shared`` (see :func:`dr_exp.compose.plain_config`) holds the sections that the configs of
+    one batch share (the same objects, by id): each is encoded once, and the result is the same
+    text as encoding the whole config."""
+    if shared is None:
+        payload = {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
+        return json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    parts = []
+    for key in sorted(config):
+        if key in RUNTIME_KEYS:
+            continue
+        value = config[key]
+        kind = type(value)
+        if kind is str:
+            encoded = _string(value)
+        elif kind is int:
+            encoded = int.__repr__(value)
+        elif value is None or kind is bool:
+            encoded = _CONSTANTS[value]
+        elif kind in (dict, list, tuple) and id(value) in shared:
+            encoded = shared.get(("json", id(value)))
+            if encoded is None:
+                encoded = shared[("json", id(value))] = _compact(value)
+        else:
+            encoded = _compact(value)
+        parts.append(f"{_string(key)}:{encoded}")
+    return "{" + ",".join(parts) + "}"
+
+
+# What json.dumps writes for these (strings ASCII-escaped, as by default).
+_compact = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_CONSTANTS = {None: "null", True: "true", False: "false"}
+# json.dumps(value, default=str) without building an encoder on every call.
+_record_json = json.JSONEncoder(default=str).encode
 
 
 def config_hash(config: dict[str, Any], canonical: str | None = None) -> str:
@@ -125,10 +158,10 @@ class JobRecord:
         # rewritten on every state change. `jq . jobs/<id>.json` pretty-prints one.
         config_json = self.__dict__.get("_config_json")
         if config_json is None:
-            return json.dumps(self.to_dict(), default=str) + "\n"
+            return _record_json(self.to_dict()) + "\n"
         rest = self.to_dict()
         del rest["config"]
-        return '{"config":' + config_json + "," + json.dumps(rest, default=str)[1:] + "\n"
+        return '{"config":' + config_json + "," + _record_json(rest)[1:] + "\n"
 
     def reuse_config_json(self, canonical: str) -> None:
         """Serialise the config as ``canonical`` (its :func:`canonical_json`, already computed)

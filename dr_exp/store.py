@@ -4,12 +4,14 @@ experiment, behind intent-level methods.
 Every trick that keeps the hot paths cheap lives inside this class and nowhere else:
 
 - **Create jobs** (:meth:`create_jobs`): all records and markers of a batch are staged as temp
-  files, made durable with one filesystem sync, then published by renames: a batch is queued
-  whole or not at all, and survives a power cut once the call returns.
-- **Begin an attempt** (:meth:`begin_attempt`): the claimed queue marker is renamed into the
-  attempt's lease (no new file), and the ``running`` record is written into the job's empty
-  spare file, which is then swapped with the pending record (``renameat2(RENAME_EXCHANGE)``),
-  so the claim frees no file either. Where the filesystem cannot swap (NFS) it renames.
+  files (side by side by two threads where creating files is slow), made durable with one
+  filesystem sync, then published by renames: a batch is queued whole or not at all, and
+  survives a power cut once the call returns.
+- **Begin an attempt** (:meth:`begin_attempt`): taking the queue marker is one rename; the
+  ``running`` record is written into that marker (an empty private file made at submit, so the
+  claim creates no file for it) and swapped with the pending record
+  (``renameat2(RENAME_EXCHANGE)``), which stays behind as the job's spare instead of being freed;
+  where the filesystem cannot swap (NFS) it renames. The attempt's lease is the one new file.
 - **End an attempt** (:meth:`end_attempt`): the final record is written through the lease file
   and renamed into ``jobs/``: one rename, no new file, and it works on a full disk because the
   lease's blocks are already allocated.
@@ -27,6 +29,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -73,6 +76,10 @@ SETTLE_ENV = "DR_EXP_SETTLE_SECONDS"
 QUARANTINE_AGE = 10.0
 _JOB_PREFIX_CHARS = frozenset("0123456789abcdef-")
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+# A submit times the staging of its first PARALLEL_STAGING records; if a create took longer than
+# SLOW_CREATE_SECONDS, the rest of its records and its queue markers are staged side by side.
+PARALLEL_STAGING = 64
+SLOW_CREATE_SECONDS = 50e-6
 
 
 @dataclass(frozen=True)
@@ -276,10 +283,15 @@ class ExperimentStore:
     def create_jobs(self, records: list[JobRecord]) -> None:
         """Write a batch of new pending jobs: all of them, durably, or none.
 
-        Records are staged under hidden names; one filesystem sync makes them durable; renames
-        publish them, then their markers are created (only a marker makes a job claimable) and a
-        second sync makes the names durable. If anything fails, what was written is removed again
-        and the error is raised.
+        Records and their (empty) queue markers are staged under hidden names; one filesystem
+        sync makes them durable; renames publish the records, then the markers (only a marker
+        makes a job claimable), and a second sync makes the names durable. If anything fails,
+        what was written is removed again and the error is raised.
+
+        Creating files is the slow step of a big submit (on a busy disk, hundreds of
+        microseconds each), and a file system creates files in one directory one at a time, but
+        in two directories side by side: so the markers of a big batch are staged by a second
+        thread while this one stages the records.
         """
         if not records:
             return
@@ -287,42 +299,73 @@ class ExperimentStore:
         for rec in records:
             rec.rev = 1
         paths = [lay.record(r.id) for r in records]
-        temps: list[str] = []
-        published = 0
-        markers: list[str] = []
+        markers = [lay.queued(r.marker, r.gpus) for r in records]
+        classes = {rec.gpus for rec in records}
+        staged: dict[str, list[str]] = {"records": [], "markers": []}
+        published = queued = 0
         try:
-            temps = write_new_files((p, r.to_json().encode()) for p, r in zip(paths, records, strict=True))
+            for gpus in classes:
+                self.class_dir(gpus)
+            payloads = [r.to_json().encode() for r in records]  # before any thread: they contend for the GIL
+            self._stage(staged, list(zip(paths, payloads, strict=True)), markers)
             self._index_add(records)
             sync_filesystem(lay.jobs)
-            for tmp, path in zip(temps, paths, strict=True):
+            for tmp, path in zip(staged["records"], paths, strict=True):
                 os.replace(tmp, path)
                 published += 1
             self.summary.append(summary_line(r) for r in records)
-            classes = {rec.gpus for rec in records}
-            for gpus in classes:
-                self.class_dir(gpus)
-            for rec in records:
-                marker = lay.queued(rec.marker, rec.gpus)
-                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-                markers.append(marker)
+            for tmp, marker in zip(staged["markers"], markers, strict=True):
+                os.rename(tmp, marker)
+                queued += 1
             sync_filesystem(lay.jobs)
             for gpus in classes:
                 self._signal_added(gpus)
         except BaseException:
             kept: set[int] = set()
-            for i, marker in enumerate(markers):
+            for i, marker in enumerate(markers[:queued]):
                 try:  # withdraw it; a worker that took it already keeps its job
                     os.unlink(marker)
                 except OSError:
                     kept.add(i)
-            for i, (tmp, path) in enumerate(zip(temps, paths, strict=True)):
+            for tmp in staged["markers"][queued:]:
+                _discard(tmp)
+            for i, tmp in enumerate(staged["records"]):
                 if i not in kept:
-                    for victim in (tmp, path) if i < published else (tmp,):
-                        try:
-                            os.unlink(victim)
-                        except OSError:
-                            pass
+                    _discard(tmp)
+                    if i < published:
+                        _discard(paths[i])
             raise
+
+    @staticmethod
+    def _stage(staged: dict[str, list[str]], records: list[tuple[str, bytes]], markers: list[str]) -> None:
+        """Stage the records and the empty markers (see :func:`write_new_files`) into
+        ``staged``. The first records of a big batch are timed: where creating a file is slow
+        (a busy disk), the markers are staged by a second thread meanwhile; where it is fast,
+        the threads would mostly wait for each other (for Python's GIL), so one does it all."""
+        head = records[:PARALLEL_STAGING]
+        started = time.perf_counter()
+        staged["records"] = write_new_files(head)
+        slow = (time.perf_counter() - started) / len(head) > SLOW_CREATE_SECONDS
+        if len(records) <= len(head) or not slow:
+            staged["records"] += write_new_files(records[len(head):])
+            staged["markers"] = write_new_files((m, b"") for m in markers)
+            return
+        failed: list[BaseException] = []
+
+        def stage_markers() -> None:
+            try:
+                staged["markers"] = write_new_files((m, b"") for m in markers)
+            except BaseException as exc:  # noqa: BLE001 -- re-raised by the caller's thread
+                failed.append(exc)
+
+        helper = threading.Thread(target=stage_markers, name="dr_exp-stage-markers", daemon=True)
+        helper.start()
+        try:
+            staged["records"] += write_new_files(records[len(head):])
+        finally:
+            helper.join()
+        if failed:
+            raise failed[0]
 
     # -- dedup index -----------------------------------------------------------------------
     def _index_file(self, config_hash: str) -> str:
@@ -659,6 +702,15 @@ class ExperimentStore:
             return os.fstat(fd).st_mtime
         finally:
             os.close(fd)
+
+
+def _discard(path: str) -> None:
+    """Remove what a failed batch wrote, ignoring what cannot be removed (the original error
+    is the one to report)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def storage_error(exc: OSError, doing: str) -> StorageError:

@@ -60,6 +60,9 @@ def params_of(rec: JobRecord) -> dict[str, str]:
     return params
 
 
+_line_json = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
 def summary_line(rec: JobRecord) -> bytes:
     """One job as listings see it, as a line that starts with its id, rev and status."""
     result = rec.result or {}
@@ -72,7 +75,7 @@ def summary_line(rec: JobRecord) -> bytes:
             "error": f"{rec.error.get('type')}: {rec.error.get('message')}" if rec.error else None,
             "resume_from": rec.resume_from, "sync": (rec.sync or {}).get("state")}
     head = f'{{"id":"{rec.id}","rev":{rec.rev},"status":"{rec.status}",'
-    return (head + json.dumps(rest, separators=(",", ":"), default=str)[1:] + "\n").encode()
+    return (head + _line_json(rest)[1:] + "\n").encode()
 
 
 def removed_line(job_id: str) -> bytes:

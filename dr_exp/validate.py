@@ -209,7 +209,7 @@ def _check_leftovers(exp: Experiment, fix: bool, report: Report) -> None:
                             _unlink(f"{lay.jobs}/{name}")
                             report.fixed.append(f"removed {name}")
     now = time.time()
-    for directory in (lay.jobs, lay.queue, lay.leases, str(lay.index_dir)):
+    for directory in (lay.jobs, lay.queue, *map(lay.queue_class, store.classes()), lay.leases, str(lay.index_dir)):
         for name in list_dir(directory):
             path = f"{directory}/{name}"
             stale_tmp = name.startswith(".") and name.endswith(".tmp")

@@ -54,3 +54,25 @@ def test_a_sweep_submits_exactly_what_hydra_composes(exp, params):
     for s in slow:
         expected = {k: v for k, v in s.config.items() if k not in ("timeout", "max_attempts", "resources")}
         assert by_overrides[tuple(s.overrides)] == expected, s.overrides
+
+
+def test_a_batch_encodes_shared_sections_once_and_hashes_as_each_config_alone():
+    """Configs of one batch that share sections (the same objects) get exactly the canonical
+    JSON, and so the config hash, that each one gets alone."""
+    import json
+
+    from dr_exp.compose import plain_config
+    from dr_exp.job import canonical_json
+
+    model = {"name": "resnet", "widths": [64, 128], "act": {"kind": "relu", "slope": 0.01}}
+    data = {"batch_size": 128, "mean": (0.49, 0.48), "name": "cifär", "aug": [{"z": 1, "a": None}]}
+    configs = [{"_target_": "pkg.train", "seed": i, "model": model, "data": data, "lr": 10.0 ** -i,
+                "timeout": 60, "ünïcode": "✓", "Z": [model, 1.5e300], "a": {"b": float("inf")},
+                "flag": True, "off": False, "nothing": None, "n": -3, "t": ("x", 2)} for i in range(5)]
+    shared: dict = {}
+    for config in configs:
+        _, canonical = plain_config(config, "config", shared)
+        alone = canonical_json(config)
+        assert canonical == alone
+        assert json.loads(canonical) == json.loads(json.dumps({k: v for k, v in config.items() if k != "timeout"}))
+    assert ("json", id(model)) in shared and ("json", id(data)) in shared  # each encoded once

@@ -3,11 +3,13 @@ whole or not at all, and reads that tell a passing stale view from a corrupt rec
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from dr_exp import fileio
+from dr_exp import store as store_module
 from dr_exp.errors import CorruptRecord
 from dr_exp.job import JobRecord
 from dr_exp.state import Status
@@ -62,20 +64,33 @@ def test_exchange_swaps_and_falls_back(exp, tmp_path, monkeypatch):
     assert exp.complete(att, {}).status == "completed"
 
 
-def test_a_batch_is_queued_whole_or_not_at_all(exp):
+@pytest.mark.parametrize(("size", "threads"), [(5, 1), (100, 1), (100, 2)])
+@pytest.mark.parametrize("obstacle", ["record temp", "marker temp", "marker"])
+def test_a_batch_is_queued_whole_or_not_at_all(exp, monkeypatch, size, threads, obstacle):
+    """Whatever step of a batch fails (staging a record, staging a marker, publishing a marker),
+    with records and markers staged by one thread or side by side by two (as on a slow disk),
+    nothing of it is left: no record, no marker, no temp file."""
+    monkeypatch.setattr(store_module, "SLOW_CREATE_SECONDS", 0.0 if threads == 2 else float("inf"))
+    started = []
+    real_thread = threading.Thread
+    monkeypatch.setattr(threading, "Thread", lambda *a, **kw: started.append(1) or real_thread(*a, **kw))
     exp.store.ensure()
     records = [JobRecord(id=f"00000000-0000-4000-8000-{i:012d}", experiment="exp", config=dict(NOOP, i=i))
-               for i in range(5)]
-    # Make the 4th marker impossible to publish: a directory already holds its name.
-    os.makedirs(exp.layout.queued(records[3].marker, 0))
+               for i in range(size)]
+    victim = records[size * 3 // 4]
+    marker = exp.layout.queued(victim.marker, 0)
+    blocked = {"record temp": f"{exp.layout.jobs}/.{victim.id}.json.tmp",
+               "marker temp": f"{os.path.dirname(marker)}/.{victim.marker}.tmp", "marker": marker}[obstacle]
+    os.makedirs(blocked)  # a directory holds the name that step needs
     with pytest.raises(OSError):
         exp.store.create_jobs(records)
-    os.rmdir(exp.layout.queued(records[3].marker, 0))
+    os.rmdir(blocked)
+    assert len(started) == (threads == 2)  # the obstacle lies past the records timed first
     assert exp.store.record_ids() == [] and exp.store.list_markers() == []
-    assert list(os.listdir(exp.layout.jobs)) == []
-    assert exp.store.list_markers() == []
+    assert os.listdir(exp.layout.jobs) == [] and os.listdir(os.path.dirname(marker)) == []
     exp.store.create_jobs(records)
-    assert len(exp.store.list_markers()) == 5 and len(exp.list()) == 5
+    assert len(exp.store.list_markers()) == size and len(exp.list()) == size
+    assert all(os.path.getsize(exp.layout.queued(r.marker, 0)) == 0 for r in records)
 
 
 def test_a_passing_short_read_is_not_corruption(exp, monkeypatch):

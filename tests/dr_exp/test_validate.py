@@ -136,11 +136,18 @@ def test_validate_reports_and_fixes_queue_and_lease_drift(base, exp):
     orphan = exp.layout.lease(str(uuid.uuid4()), 1)
     Path(orphan).write_text("{}")
     os.unlink(exp.layout.record(jobs[1]))
+    # What a submit killed mid-batch leaves: a staged record and a staged marker (hidden names).
+    staged = [f"{exp.layout.jobs}/.{uuid.uuid4()}.json.tmp", f"{exp.layout.queue_class(0)}/.{uuid.uuid4()}.tmp"]
+    for path in staged:
+        Path(path).write_text("")
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
     proc = run_cli("validate", base=base, **FAST_SETTLE)
     assert proc.returncode == 1
+    assert all(f"leftover temp file {path}" in proc.stdout for path in staged)
     assert f"pending job {jobs[0]} has no queue marker" in proc.stdout
     assert f"orphan lease {orphan}" in proc.stdout
     assert "has no pending job" in proc.stdout and f"spare file .{jobs[1]}.spare" in proc.stdout
     assert run_cli("validate", "--fix", base=base, **FAST_SETTLE).returncode == 0
     assert "no problems found" in run_cli("validate", base=base, **FAST_SETTLE).stdout
     assert exp.claim("w").job_id in (jobs[0], jobs[2])
+    assert not any(os.path.exists(path) for path in staged)
