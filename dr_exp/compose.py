@@ -497,17 +497,21 @@ def check_config(config: dict[str, Any], where: str, checked: dict[Any, Any] | N
         raise ConfigError(f"{where} has no _target_; add `_target_: package.module.function` "
                           "(for example dr_exp.trainers.noop.train)")
     checked = {} if checked is None else checked
-    keys = tuple(sorted(k for k in config if not k.startswith("_")))
-    memo = (target, keys)
-    if memo not in checked:
-        fn = locate(target, where)
-        trainer_form(fn, list(keys), where)
-        check_nested_targets(config, where)
-        checked[memo] = fn
+    in_order = ("keys in order", target, tuple(config))  # the configs of a batch: usually the same
+    fn = checked.get(in_order)
+    if fn is None:
+        keys = tuple(sorted(k for k in config if not k.startswith("_")))
+        memo = (target, keys)
+        if memo not in checked:
+            fn = locate(target, where)
+            trainer_form(fn, list(keys), where)
+            check_nested_targets(config, where)
+            checked[memo] = fn
+        fn = checked[in_order] = checked[memo]
     # A trainer's module may check more (its data, say) with ``__dr_exp_check__(config)``; with
     # ``__dr_exp_check_keys__`` it says which sections that depends on, so a sweep checks each
     # distinct combination once.
-    module = sys.modules.get(getattr(checked[memo], "__module__", ""), None)
+    module = sys.modules.get(getattr(fn, "__module__", ""), None)
     hook = getattr(module, "__dr_exp_check__", None)
     if hook is not None:
         keys_used = getattr(module, "__dr_exp_check_keys__", None)
@@ -565,11 +569,12 @@ def plain_config(config: Any, where: str = "config", shared: dict[int, Any] | No
             return True
         if isinstance(value, dict):
             for k, v in value.items():
-                if type(k) is not str or (isinstance(v, (dict, list, tuple)) and not str_keys(v)):
+                if type(k) is not str or (isinstance(v, (dict, list, tuple)) and id(v) not in shared
+                                          and not str_keys(v)):
                     return False
         else:
             for v in value:
-                if isinstance(v, (dict, list, tuple)) and not str_keys(v):
+                if isinstance(v, (dict, list, tuple)) and id(v) not in shared and not str_keys(v):
                     return False
         if value is not config:
             shared[id(value)] = value  # kept alive, so that its id is not reused
