@@ -65,16 +65,6 @@ class Bundle:
     blobs: dict[str, bytes]     # "<sha256>.json" / "<sha256>.diff" -> content
 
 
-def _blob_names(rec: JobRecord) -> list[tuple[str, str]]:
-    """(sha256, kind) of every provenance blob a record refers to (its own and its origin's)."""
-    prov = rec.provenance or {}
-    out = [(prov["capture"], "json")] if prov.get("capture") else []
-    for entry in [*prov.get("git", []), *(prov.get("rerun_of") or {}).get("git", [])]:
-        if isinstance(entry, dict) and entry.get("diff"):
-            out.append((entry["diff"], "diff"))
-    return list(dict.fromkeys(out))
-
-
 def _run_files(run: RunDir, with_checkpoints: bool) -> list[Path]:
     if not run.root.is_dir():
         return []
@@ -137,7 +127,7 @@ def make_bundle(exp: Experiment, job_id: str, out: str | os.PathLike[str] | None
                 doc = _provenance.run_document(exp.layout, rec.id, rec, rec.config)
                 put(RUN + run.relative(run.provenance), json.dumps(doc, indent=1, default=str).encode())
             missing = []
-            for sha, kind in _blob_names(rec):
+            for sha, kind in _provenance.blob_names(rec.provenance):
                 data = _provenance.read_blob(exp.layout, sha, kind)
                 if data is None:
                     missing.append(f"{sha[:12]}.{kind}")
@@ -269,7 +259,7 @@ def rerun_jobs(source: Experiment, target: Experiment, job_ids: Iterable[str] = 
         result.sweep_id = done.sweep_id or result.sweep_id
     records = singles + sweep
     if target.store.root != source.store.root:
-        _copy_blobs(target.layout, {f"{sha}.{kind}": data for r in records for sha, kind in _blob_names(r)
+        _copy_blobs(target.layout, {f"{sha}.{kind}": data for r in records for sha, kind in _provenance.blob_names(r.provenance)
                                     if (data := _provenance.read_blob(source.layout, sha, kind)) is not None})
     return result, _notes(records, result)
 

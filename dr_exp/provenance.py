@@ -337,6 +337,17 @@ def put_blob(layout: Layout, sha: str, kind: str, data: bytes) -> None:
         atomic_write(path, data)
 
 
+def blob_names(provenance: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """(sha256, kind) of every blob a record's provenance refers to (its own capture and diffs,
+    and the diffs of the run it reruns)."""
+    prov = provenance if isinstance(provenance, dict) else {}
+    out = [(prov["capture"], "json")] if isinstance(prov.get("capture"), str) else []
+    for entry in [*prov.get("git", []), *(prov.get("rerun_of") or {}).get("git", [])]:
+        if isinstance(entry, dict) and isinstance(entry.get("diff"), str):
+            out.append((entry["diff"], "diff"))
+    return list(dict.fromkeys(out))
+
+
 def read_blob(layout: Layout, sha: str | None, kind: str) -> bytes | None:
     if not sha:
         return None

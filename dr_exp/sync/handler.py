@@ -1,4 +1,6 @@
-"""SyncHandler: mirror ``storage/run_<id>/`` to ``<s3-uri>/<experiment>/run_<id>/``.
+"""SyncHandler: mirror ``storage/run_<id>/`` to ``<s3-uri>/<experiment>/run_<id>/``, and the
+provenance blobs its record refers to (``provenance/<sha256>.diff|json``, content-addressed) once
+per experiment to ``<s3-uri>/<experiment>/provenance/``.
 
 Uploads go through boto3's transfer manager (multipart above the threshold, several files at
 once). A manifest per run (size, mtime, SHA-256 per file, in ``sync/manifests/``) makes a re-sync
@@ -39,6 +41,7 @@ from dr_exp.summary import summary_line
 from dr_exp.sync.config import SyncConfig
 
 RECORD_KEY = "_dr_exp_record.json"
+BLOB_ENTRY = "@provenance/"  # a run manifest's entries for the experiment's provenance blobs
 MiB = 1024 * 1024
 CHECKSUM, REREAD = "checksum", "reread"
 # The store received other bytes than were sent: worth uploading again.
@@ -90,6 +93,13 @@ def translate(exc: BaseException, config: SyncConfig) -> SyncError:
             or "Timeout" in type(exc).__name__ or "Connection" in type(exc).__name__:
         return SyncUnavailable(f"cannot reach {where}: {type(exc).__name__}: {_scrub(str(exc))}; will retry")
     return SyncUnavailable(f"sync to {where} failed: {type(exc).__name__}: {_scrub(str(exc))}")
+
+
+def _status(exc: BaseException) -> int | None:
+    """The HTTP status of a store's error answer (None for anything else)."""
+    response = getattr(exc, "response", None)
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(response, dict) else None
+    return int(status) if status else None
 
 
 def _refuses_checksums(exc: BaseException) -> bool:
@@ -196,10 +206,11 @@ class _HashSink:
 
 @dataclass
 class _Upload:
-    rel: str
+    rel: str  # its name in the run's manifest
     source: Path | bytes
     digest: Digest
     entry: dict[str, Any]
+    key: str = ""  # where it goes in the bucket
 
 
 @dataclass
@@ -226,11 +237,17 @@ class SyncHandler:
         self._mode_lock = threading.Lock()
         mode = self._load_modes().get(self._mode_key)
         self.verify_mode: str | None = mode if mode in (CHECKSUM, REREAD) else None  # None: not known yet
+        self._blobs_seen: set[str] = set()  # provenance blobs known to be in the bucket
 
     # -- keys and files --------------------------------------------------------------------
     def run_prefix(self, job_id: str) -> str:
         parts = [p for p in (self.config.prefix, self.store.experiment, f"run_{job_id}") if p]
         return "/".join(parts) + "/"
+
+    def blob_key(self, name: str) -> str:
+        """Where a provenance blob (``<sha256>.diff`` / ``.json``) goes: once per experiment,
+        ``<s3-uri>/<experiment>/provenance/<name>`` (content-addressed, shared by its runs)."""
+        return "/".join(p for p in (self.config.prefix, self.store.experiment, "provenance", name) if p)
 
     def _included(self, rel: str) -> bool:
         if RunDir.is_private(rel):
@@ -322,12 +339,13 @@ class SyncHandler:
             digest = digest_of(record, len(record), self._part_size(len(record)))
             if manifest.get(RECORD_KEY, {}).get("sha256") != digest.hex:
                 todo.append(_Upload(RECORD_KEY, record, digest, {"size": len(record), "mtime_ns": 0, "sha256": digest.hex}))
+            todo += self._blobs_to_upload(json.loads(record).get("provenance"), manifest, result)
         prefix = self.run_prefix(job_id)
         errors: list[BaseException] = []
         if todo:
             with TransferManager(self.client, self.transfer_config) as manager, \
                     ThreadPoolExecutor(self.config.max_concurrency) as pool:
-                futures = [(item, pool.submit(self._put, manager, prefix + item.rel, item)) for item in todo]
+                futures = [(item, pool.submit(self._put, manager, item.key or prefix + item.rel, item)) for item in todo]
                 for item, future in futures:
                     try:
                         manifest[item.rel] = {**item.entry, "verified": future.result()}
@@ -341,6 +359,45 @@ class SyncHandler:
             raise translate(errors[0], self.config)
         return result
 
+    def _blobs_to_upload(self, prov: Any, manifest: dict[str, dict[str, Any]], result: SyncResult) -> list[_Upload]:
+        """The provenance blobs a record refers to (the submit capture, uncommitted diffs) that
+        the bucket lacks: each is uploaded once per experiment, whichever run gets there first."""
+        from dr_exp.provenance import blob_names
+
+        out = []
+        for sha, kind in blob_names(prov):
+            name = f"{sha}.{kind}"
+            rel = BLOB_ENTRY + name
+            if rel in manifest:
+                continue  # content-addressed: never changes
+            path = self.store.layout.provenance_file(sha, kind)
+            try:
+                size = path.stat().st_size
+            except (OSError, ValueError):
+                continue  # not here (a run pulled without it)
+            digest = digest_of(path, size, self._part_size(size))
+            entry = {"size": size, "mtime_ns": 0, "sha256": digest.hex}
+            if self._blob_in_bucket(name, size):
+                manifest[rel] = {**entry, "verified": "present"}
+                result.unchanged += 1
+            else:
+                out.append(_Upload(rel, path, digest, entry, key=self.blob_key(name)))
+        return out
+
+    def _blob_in_bucket(self, name: str, size: int) -> bool:
+        if name in self._blobs_seen:
+            return True
+        try:
+            head = self.client.head_object(Bucket=self.config.bucket, Key=self.blob_key(name))
+        except Exception as exc:  # noqa: BLE001 - a missing object is the common answer
+            if _status(exc) == 404:
+                return False
+            raise translate(exc, self.config) from None
+        if head.get("ContentLength") != size:
+            return False
+        self._blobs_seen.add(name)
+        return True
+
     def _put(self, manager: Any, key: str, item: _Upload) -> str:
         """Upload one file and verify it; returns how it was verified."""
         with_checksum = self.verify_mode != REREAD
@@ -352,7 +409,9 @@ class SyncHandler:
             self._upload(manager, key, item, with_checksum=False)  # a store that refuses checksum headers
             with_checksum = False
         how = self._verify(manager, key, item.digest, with_checksum)
-        if isinstance(item.source, Path):
+        if item.rel.startswith(BLOB_ENTRY):
+            self._blobs_seen.add(item.rel[len(BLOB_ENTRY):])  # content-addressed: the digest was checked
+        elif isinstance(item.source, Path):
             st = item.source.stat()
             if (st.st_size, st.st_mtime_ns) != (item.entry["size"], item.entry["mtime_ns"]):
                 raise SyncUnavailable(f"{item.source} changed while it was being uploaded; it will be uploaded again")
@@ -452,4 +511,37 @@ class SyncHandler:
             # A record that arrives from the bucket is a new job here: listings find jobs
             # through the summary, so it gets its line there like any record the store writes.
             self.store.summary.append([summary_line(self.store.read_record(job_id))])
+        return count + self._pull_blobs(job_id)
+
+    def _pull_blobs(self, job_id: str) -> int:
+        """The provenance blobs the job's record refers to that are missing here (uploaded by
+        an earlier sync; runs synced before blobs were mirrored have none in the bucket)."""
+        from dr_exp.provenance import blob_names
+
+        try:
+            prov = self.store.read_record(job_id).provenance
+        except Exception:  # noqa: BLE001 - no readable record: nothing refers to a blob
+            return 0
+        count = 0
+        for sha, kind in blob_names(prov):
+            try:
+                dest = self.store.layout.provenance_file(sha, kind)
+            except ValueError:
+                continue
+            if dest.exists():
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.pull.tmp")
+            try:
+                self.client.download_file(self.config.bucket, self.blob_key(dest.name), str(tmp), Config=self.transfer_config)
+            except Exception as exc:  # noqa: BLE001
+                try:
+                    tmp.unlink()
+                except FileNotFoundError:
+                    pass
+                if _status(exc) == 404:
+                    continue
+                raise translate(exc, self.config) from None
+            os.replace(tmp, dest)
+            count += 1
         return count

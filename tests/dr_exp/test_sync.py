@@ -9,11 +9,13 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import boto3
 import pytest
 
+from dr_exp import provenance
 from dr_exp.api import Experiment
 from tests.conftest import EXP_CONFIGS, run_cli, snapshot, spawn_cli, wait_for
 from tests.dr_exp.s3_proxy import S3Proxy
@@ -247,6 +249,63 @@ def test_pull_restores_run_directory_byte_for_byte(base, s3, tmp_path):
         assert local_files(other, rec.id) == local_files(exp, rec.id)
     rows = json.loads(run_cli("results", "--format", "json", base=elsewhere).stdout)
     assert sorted(r["x"] for r in rows) == [1, 2]
+
+
+def test_pull_brings_the_uncommitted_diff_a_run_was_submitted_with(base, s3, tmp_path):
+    """Jobs submitted from a git repository with uncommitted changes refer to the diff (and the
+    submit capture) stored once per experiment: sync uploads each blob once, whichever run gets
+    there first, and a pull on another machine brings them, so `job show` and `job bundle` work
+    there as they do here."""
+    repo = tmp_path / "project"
+    (repo / "job_configs").mkdir(parents=True)
+    job_yaml = repo / "job_configs" / "job.yaml"
+    job_yaml.write_text("_target_: dr_exp.trainers.noop.train\nduration: 0\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "first"]):
+        subprocess.run([*git, *args], cwd=repo, check=True, capture_output=True)
+    job_yaml.write_text("_target_: dr_exp.trainers.noop.train\nduration: 0\nnote: changed after the commit\n")
+    configure(base, s3)
+    proc = run_cli("job", "sweep", "--config", str(job_yaml), "--params", "+x=1,2,3", base=base)
+    assert proc.returncode == 0, proc.stderr
+    assert run_cli("system", "worker", "--idle-timeout", "0", base=base).returncode == 0
+    assert run_cli("sync", "run", base=base).returncode == 0
+    exp = Experiment(base, "exp")
+    jobs = [r.id for r in exp.list()]
+    assert len(jobs) == 3
+    prov = exp.get(jobs[0]).provenance
+    assert all(exp.get(j).provenance == prov for j in jobs)  # one submit: the same blobs
+    entry = next(g for g in prov["git"] if g["repo"] == str(repo))
+    capture = prov["capture"]
+    diff = exp.layout.provenance_file(entry["diff"], "diff").read_bytes()
+    assert b"+note: changed after the commit" in diff
+
+    listed = s3.client().list_objects_v2(Bucket=BUCKET, Prefix="team/exp/provenance/")["Contents"]
+    assert sorted(o["Key"] for o in listed) == sorted(f"team/exp/provenance/{sha}.{kind}"
+                                                      for sha, kind in provenance.blob_names(prov))
+    remote = s3.client().get_object(Bucket=BUCKET, Key=f"team/exp/provenance/{entry['diff']}.diff")["Body"].read()
+    assert remote == diff
+    manifests = [json.loads((exp.layout.sync_dir / "manifests" / f"{j}.json").read_text()) for j in jobs]
+    for sha, kind in provenance.blob_names(prov):  # uploaded by one run, found there by the others
+        ways = [m[f"@provenance/{sha}.{kind}"]["verified"] for m in manifests]
+        assert ways.count("present") == 2 and len({"checksum", "reread"} & set(ways)) == 1, ways
+    for job in jobs:
+        assert_mirrored(s3, exp, job)
+
+    elsewhere = tmp_path / "laptop"
+    env = {"DR_EXP_S3_URI": f"s3://{BUCKET}/team", "DR_EXP_S3_ENDPOINT_URL": s3.url}
+    proc = run_cli("sync", "pull", "--job", jobs[1], base=elsewhere, **env)
+    assert proc.returncode == 0, proc.stderr
+    other = Experiment(elsewhere, "exp")
+    assert other.layout.provenance_file(entry["diff"], "diff").read_bytes() == diff
+    assert other.layout.provenance_file(capture, "json").read_bytes() == \
+        exp.layout.provenance_file(capture, "json").read_bytes()
+    shown = run_cli("job", "show", jobs[1], base=elsewhere).stdout
+    assert "+ uncommitted changes" in shown and f"provenance/{entry['diff'][:12]}" in shown
+    bundle = tmp_path / "job.zip"
+    proc = run_cli("job", "bundle", jobs[1], "--out", str(bundle), base=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    with zipfile.ZipFile(bundle) as zf:
+        assert zf.read(f"provenance/{entry['diff']}.diff") == diff
 
 
 # -- stores that are not AWS: ETags that are not MD5s, no checksums, damaged uploads -------------
