@@ -3,7 +3,8 @@ inline, in one file that opens offline (from a laptop, an e-mail attachment, a f
 
 The page is the dashboard's own (``dr_exp/dashboard/static``); instead of polling the server it
 reads the bundle embedded in it (:meth:`dr_exp.dashboard.payload.Views.bundle`), so the report
-shows the same table, job pages, comparisons and sweep pages, frozen at the time it was written.
+shows the same table, job pages, comparisons, sweep pages and study pages, frozen at the time it
+was written.
 """
 
 from __future__ import annotations

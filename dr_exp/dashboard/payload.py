@@ -312,19 +312,29 @@ class Views:
     def bundle(self, name: str, status: str | None = None, tags: str | None = None,
                sweep: str | None = None, log_lines: int = 200) -> dict[str, Any]:
         """Everything the report's views need, for the selected jobs: the table, and per job its
-        details, curves and the end of its log."""
+        details, curves and the end of its log; and the studies the selected trials belong to."""
         er = self.experiment(name)
         check_sweep(er.scan().records, sweep)
         _, table = self.table(name, status, tags, sweep)
-        jobs, curves, logs = {}, {}, {}
+        jobs, curves, logs, study_names = {}, {}, {}, {}
         for row in table["rows"]:
             job_id = row[0]
             jobs[job_id] = self.job(name, job_id)
             curves[job_id] = self.curves(name, job_id)[1]
-            text = er.log_chunk(er.record(job_id))["text"]
+            rec = er.record(job_id)
+            text = er.log_chunk(rec)["text"]
             logs[job_id] = {"text": "\n".join(text.splitlines()[-log_lines:]), "offset": 0, "exists": bool(text)}
+            if rec.study and isinstance(rec.study.get("name"), str):
+                study_names[rec.study["name"]] = None
+        studies = {}
+        for study in study_names:
+            try:
+                studies[study] = self.study(name, study)
+            except ViewError:
+                pass  # the page says it is not in the report
         return {"experiment": name, "generated_at": time.time(), "table": table, "jobs": jobs,
-                "curves": curves, "logs": logs, "selection": {"status": status, "tags": tags, "sweep": sweep},
+                "curves": curves, "logs": logs, "studies": studies,
+                "selection": {"status": status, "tags": tags, "sweep": sweep},
                 "experiments": [{"name": name, **table["progress"]}]}
 
 

@@ -348,10 +348,10 @@ def test_sweep_and_compare_pages(site, served, browser):  # noqa: F811
     page.close()
 
 
-def test_study_page_api_and_links(site, served, browser):  # noqa: F811
+def test_study_page_api_and_links(site, served, browser, tmp_path):  # noqa: F811
     """An adaptive sweep's study through the dashboard: the same JSON as `study show --format
     json`, a page with the best trial, every trial, the history chart and the importances, and
-    links to it from the sweep page and from each trial's job page."""
+    links to it from the sweep page and from each trial's job page; the same in the offline report."""
     swept = run_cli("job", "sweep", "--config", "exp_configs/synthetic.yaml", "--search",
                     "lr=tag(log,interval(1e-4,1e-1)) weight_decay=interval(0,1e-3)", "--trials", "6", "--parallel", "2",
                     "--metric", "val/acc", "--mode", "max", "--seed", "3", "--overrides", "epochs=3",
@@ -384,6 +384,19 @@ def test_study_page_api_and_links(site, served, browser):  # noqa: F811
     page.click(f"text=trial {best['number']} of study {name}")
     page.wait_for_selector("#study-trials .trialrow")
     page.close()
+
+    # The offline report carries the study page too, reached from a trial's job page.
+    out = tmp_path / "report.html"
+    assert run_cli("report", "--out", str(out), base=site.base, experiment="searched").returncode == 0
+    context = browser.new_context(offline=True)
+    page = context.new_page()
+    page.goto(f"{out.as_uri()}#/x/searched/job/{best['job_id']}")
+    page.click(f"text=trial {best['number']} of study {name}")
+    page.wait_for_selector("#study-trials .trialrow")
+    assert len(page.query_selector_all("#study-trials .trialrow[data-state=complete]")) == 6
+    assert f"best: trial {best['number']}" in page.inner_text("#study-best")
+    assert page.query_selector("#study-history path.series") is not None
+    context.close()
 
 
 def test_new_results_appear_without_reload(site, served, browser):  # noqa: F811

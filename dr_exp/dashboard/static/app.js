@@ -118,7 +118,7 @@
       job: (exp, id) => b.jobs[id] ? ok(b.jobs[id]) : missing(`job ${id}`),
       curves: (exp, id) => b.curves[id] ? ok(b.curves[id]) : missing(`the curves of job ${id}`),
       log: (exp, id) => ok(b.logs[id] || { text: '', exists: false }),
-      study: (exp, name) => missing(`study ${name}`),
+      study: (exp, name) => (b.studies || {})[name] ? ok(b.studies[name]) : missing(`study ${name}`),
       action: () => Promise.reject(new Error('a report is read-only')),
     };
   }
