@@ -41,27 +41,17 @@ def canonical_json(config: dict[str, Any], shared: dict[Any, Any] | None = None)
         if key in RUNTIME_KEYS:
             continue
         value = config[key]
-        kind = type(value)
-        if kind is str:
-            encoded = _string(value)
-        elif kind is int:
-            encoded = int.__repr__(value)
-        elif value is None or kind is bool:
-            encoded = _CONSTANTS[value]
-        elif kind in (dict, list, tuple) and id(value) in shared:
+        if type(value) in (dict, list, tuple) and id(value) in shared:
             encoded = shared.get(("json", id(value)))
             if encoded is None:
                 encoded = shared[("json", id(value))] = _compact(value)
         else:
             encoded = _compact(value)
-        parts.append(f"{_string(key)}:{encoded}")
+        parts.append(f"{_compact(key)}:{encoded}")
     return "{" + ",".join(parts) + "}"
 
 
-# What json.dumps writes for these (strings ASCII-escaped, as by default).
 _compact = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
-_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
-_CONSTANTS = {None: "null", True: "true", False: "false"}
 # json.dumps(value, default=str) without building an encoder on every call.
 _record_json = json.JSONEncoder(default=str).encode
 
