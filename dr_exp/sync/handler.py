@@ -498,10 +498,7 @@ class SyncHandler:
                         pulled_record = True
                     else:
                         dest = run / rel
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = dest.with_name(f".{dest.name}.pull.tmp")
-                    self.client.download_file(self.config.bucket, obj["Key"], str(tmp), Config=self.transfer_config)
-                    os.replace(tmp, dest)
+                    self._download(obj["Key"], dest)
                     count += 1
         except Exception as exc:  # noqa: BLE001
             raise translate(exc, self.config) from None
@@ -530,18 +527,22 @@ class SyncHandler:
                 continue
             if dest.exists():
                 continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.pull.tmp")
             try:
-                self.client.download_file(self.config.bucket, self.blob_key(dest.name), str(tmp), Config=self.transfer_config)
+                self._download(self.blob_key(dest.name), dest)
             except Exception as exc:  # noqa: BLE001
-                try:
-                    tmp.unlink()
-                except FileNotFoundError:
-                    pass
                 if _status(exc) == 404:
                     continue
                 raise translate(exc, self.config) from None
-            os.replace(tmp, dest)
             count += 1
         return count
+
+    def _download(self, key: str, dest: Path) -> None:
+        """One object to ``dest``, whole or not at all (through a temp file beside it)."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.pull.tmp")
+        try:
+            self.client.download_file(self.config.bucket, key, str(tmp), Config=self.transfer_config)
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
