@@ -301,6 +301,7 @@ def study_plot(er: ExperimentReader, name: str, out: str | os.PathLike[str] | No
     spec, importances = view.spec, view.importances()
     _matplotlib()
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(12 if importances else 8, 5), dpi=120, layout="constrained")
     ax = fig.add_subplot(1, 2, 1) if importances else fig.add_subplot()
@@ -321,6 +322,7 @@ def study_plot(er: ExperimentReader, name: str, out: str | os.PathLike[str] | No
     if done:
         ax.step([t.number for t in done], best, where="post", color="#dc2626", linewidth=1.8, label=f"best ({spec.mode})")
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers, never 0.5
     ax.set_ylabel(spec.metric)
     ax.set_title(title or f"study {view.name} · {spec.sampler}, pruner {spec.pruner} · {er.name}", fontsize=11)
     ax.legend(fontsize=8, frameon=False)
